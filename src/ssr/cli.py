@@ -1,0 +1,81 @@
+"""The `ssr` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ssr.errors import SSRError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML run configuration")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=1e-3 (repeatable)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ssr.config import load_config
+    from ssr.runner import run
+
+    cfg = load_config(args.config, args.overrides)
+    results = run(cfg, args.output_dir)
+    print(format_results(results))
+    print(f"results: {os.path.join(args.output_dir, 'results.json')}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ssr.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def format_results(results: dict) -> str:
+    """The score matrix and metrics as a small text table."""
+    names = results["tasks"]
+    width = max(8, *(len(n) for n in names))
+    lines = [f"method: {results['method']}", "stage".ljust(8) + "".join(n.rjust(width + 1) for n in names)]
+    for i, row in enumerate(results["scores"]):
+        cells = "".join(("-" if v is None else f"{v:.1f}").rjust(width + 1) for v in row)
+        lines.append(("base" if i == 0 else str(i)).ljust(8) + cells)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines.append(f"AR {fmt(results['AR'])}  FWT {fmt(results['FWT'])}  BWT {fmt(results['BWT'])}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssr", description="Continual instruction tuning with Self-Synthesized Rehearsal.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level on the console")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run (or resume) a continual-learning sequence")
+    _add_config_args(p)
+    p.add_argument("--output-dir", "-o", required=True, help="run directory (rerun the same command to resume)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="validate a config and print it resolved")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except SSRError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

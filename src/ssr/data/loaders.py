@@ -1,0 +1,202 @@
+"""Loaders for the three task formats. A malformed row is an error naming file, line and field.
+
+- SuperNI split rows (the SSR release): JSONL with `input`, `output`, `full_prompt`
+  (definition + blank line + input) and `task_name`.
+- natural-instructions task files: one JSON object with `Definition`, `Positive Examples`
+  and `Instances` (outputs are lists: the first is the target, all are references).
+- plain JSONL: `instruction` (or the task's `definition` in the config), `input`, `output`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ssr.data.task import Instance, Task
+from ssr.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RowPolicy:
+    """What to do with a malformed row: fail (default) or skip and count."""
+
+    skip_bad_rows: bool = False
+    skipped: int = 0
+
+
+def _field(path: Path, line: int, row: Any, name: str, *, allow_empty: bool = True) -> str:
+    if not isinstance(row, dict):
+        raise DataError(path, f"expected a JSON object, got {type(row).__name__}", line)
+    if name not in row:
+        raise DataError(path, "missing", line, name)
+    value = row[name]
+    if not isinstance(value, str):
+        raise DataError(path, f"expected a string, got {type(value).__name__}", line, name)
+    if not allow_empty and not value.strip():
+        raise DataError(path, "must not be empty", line, name)
+    return value
+
+
+def _read_jsonl_rows(path: Path, policy: RowPolicy, parse) -> list[Instance]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as err:
+                    raise DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", line_no) from None
+                out.append(parse(row, line_no))
+            except DataError as err:
+                if not policy.skip_bad_rows:
+                    raise
+                if policy.skipped == 0:
+                    log.warning("skipping malformed rows (data.skip_bad_rows); first: %s", err)
+                policy.skipped += 1
+    return out
+
+
+def load_superni(path: Path, policy: RowPolicy, definition: str | None = None) -> list[Instance]:
+    def parse(row: Any, line: int) -> Instance:
+        input_ = _field(path, line, row, "input")
+        output = _field(path, line, row, "output", allow_empty=False)
+        full_prompt = _field(path, line, row, "full_prompt", allow_empty=False)
+        row_id = row.get("id") if isinstance(row.get("id"), str) else f"{path.stem}-{line}"
+        return Instance(row_id, input_, output, definition or full_prompt.split("\n\n")[0].strip())
+
+    return _read_jsonl_rows(path, policy, parse)
+
+
+def load_plain_jsonl(path: Path, policy: RowPolicy, definition: str | None = None) -> list[Instance]:
+    def parse(row: Any, line: int) -> Instance:
+        input_ = _field(path, line, row, "input")
+        output = _field(path, line, row, "output", allow_empty=False)
+        if definition is None:
+            instruction = _field(path, line, row, "instruction", allow_empty=False)
+        else:
+            instruction = definition
+        row_id = row.get("id") if isinstance(row.get("id"), str) else f"{path.stem}-{line}"
+        return Instance(row_id, input_, output, instruction)
+
+    return _read_jsonl_rows(path, policy, parse)
+
+
+def load_natural_instructions(
+    path: Path, policy: RowPolicy, definition: str | None = None, key: str = "Instances"
+) -> list[Instance]:
+    """Read `Instances` (or `Positive Examples`) of a natural-instructions task file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"not valid JSON ({err.msg})", err.lineno) from None
+    if not isinstance(doc, dict):
+        raise DataError(path, "expected a natural-instructions task object")
+    if definition is None:
+        raw_def = doc.get("Definition")
+        if isinstance(raw_def, list) and raw_def and all(isinstance(d, str) for d in raw_def):
+            definition = raw_def[0].strip()
+        elif isinstance(raw_def, str) and raw_def.strip():
+            definition = raw_def.strip()
+        else:
+            raise DataError(path, "expected a non-empty string or list of strings", None, "Definition")
+    rows = doc.get(key)
+    if not isinstance(rows, list):
+        raise DataError(path, "missing or not a list", None, key)
+    out = []
+    for i, row in enumerate(rows):
+        where = f"{key}[{i}]"
+        try:
+            if not isinstance(row, dict):
+                raise DataError(path, "expected an object", None, where)
+            input_ = row.get("input")
+            if not isinstance(input_, str):
+                raise DataError(path, "expected a string", None, f"{where}.input")
+            outputs = row.get("output")
+            outputs = [outputs] if isinstance(outputs, str) else outputs
+            if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs):
+                raise DataError(path, "expected a string or a non-empty list of strings", None, f"{where}.output")
+            if not outputs[0].strip():
+                raise DataError(path, "must not be empty", None, f"{where}.output")
+            row_id = row.get("id") if isinstance(row.get("id"), str) else f"{path.stem}-{key}-{i}"
+            out.append(Instance(row_id, input_, outputs[0], definition, tuple(outputs)))
+        except DataError as err:
+            if not policy.skip_bad_rows:
+                raise
+            policy.skipped += 1
+            log.warning("skipping malformed row: %s", err)
+    return out
+
+
+def detect_format(path: Path) -> str:
+    """`natural-instructions` for .json; for JSONL, by the first row's keys."""
+    if path.suffix == ".json":
+        return "natural-instructions"
+    with open(path, encoding="utf-8") as f:
+        for text in f:
+            if text.strip():
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError:
+                    break
+                if isinstance(row, dict) and "full_prompt" in row:
+                    return "superni"
+                break
+    return "jsonl"
+
+
+LOADERS = {"superni": load_superni, "jsonl": load_plain_jsonl, "natural-instructions": load_natural_instructions}
+
+
+def load_instances(path: str | Path, fmt: str = "auto", definition: str | None = None, policy: RowPolicy | None = None) -> list[Instance]:
+    """Load one split file in the given (or detected) format."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    policy = policy or RowPolicy()
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    instances = LOADERS[fmt](path, policy, definition)
+    if not instances:
+        raise DataError(path, "no instances")
+    return instances
+
+
+def _check_one_definition(path: str, instances: list[Instance], given: str | None) -> str:
+    """A task has one definition; rows of one file that disagree are an error, not a guess."""
+    if given:
+        return given
+    first = instances[0].definition
+    for inst in instances[1:]:
+        if inst.definition != first:
+            raise DataError(path, f"rows disagree on the task definition (row id {inst.id!r}); set the task's `definition` in the config")
+    return first
+
+
+def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None) -> Task:
+    """Build a Task from its config entry: train, eval and demos, capped as configured."""
+    policy = RowPolicy(skip_bad_rows=data_cfg.skip_bad_rows)
+    fmt, given = task_cfg.format, task_cfg.definition
+    if task_cfg.train is None and task_cfg.eval is None:
+        raise DataError(task_cfg.name, "a task needs at least a `train` or an `eval` file")
+    train = load_instances(task_cfg.train, fmt, given, policy) if task_cfg.train else []
+    evals = load_instances(task_cfg.eval, fmt, given, policy) if task_cfg.eval else []
+    if task_cfg.demos:
+        demos = load_instances(task_cfg.demos, fmt, given, policy)
+    elif task_cfg.train and (fmt == "natural-instructions" or Path(task_cfg.train).suffix == ".json"):
+        demos = load_natural_instructions(Path(task_cfg.train), policy, given, key="Positive Examples")
+    else:
+        demos = train[-n_demos:]  # the paper's pool: the last 1 % of the training split
+    if policy.skipped:
+        log.warning("task %s: skipped %d malformed rows", task_cfg.name, policy.skipped)
+    if data_cfg.max_train_examples:
+        train = train[: data_cfg.max_train_examples]
+    if max_eval:
+        evals = evals[:max_eval]
+    definition = _check_one_definition(task_cfg.train or task_cfg.eval, train or evals, given)
+    return Task(task_cfg.name, definition, train, evals, demos, skipped_rows=policy.skipped)

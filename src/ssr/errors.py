@@ -1,0 +1,25 @@
+"""User-facing errors. The CLI prints them on one line and exits with their code."""
+
+
+class SSRError(Exception):
+    """An error caused by the user's input (config, data, run directory); exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(SSRError):
+    """The config file or a --set override is invalid."""
+
+
+class DataError(SSRError):
+    """A data file is missing or malformed; the message names the file, line and field."""
+
+    def __init__(self, path: object, message: str, line: int | None = None, field: str | None = None):
+        where = f"{path}" + (f":{line}" if line is not None else "")
+        what = f"field '{field}': " if field else ""
+        super().__init__(f"{where}: {what}{message}")
+        self.path, self.line, self.field = path, line, field
+
+
+class RunDirError(SSRError):
+    """The output directory belongs to a different run."""

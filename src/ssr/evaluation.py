@@ -1,0 +1,100 @@
+"""Scoring: ROUGE-L and exact match with the SuperNI conventions, the score matrix, AR/FWT/BWT."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from functools import lru_cache
+
+from rouge_score import rouge_scorer
+
+from ssr.data.task import Instance, Task
+from ssr.generation import Generator, SamplingParams
+from ssr.models.templates import PromptTemplate
+
+
+@lru_cache(maxsize=1)
+def _scorer() -> rouge_scorer.RougeScorer:
+    # SuperNI's default scorer (compute_metrics.py): ROUGE-L with the Porter stemmer.
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def normalize_answer(text: str) -> str:
+    """SuperNI/SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def rouge_l(prediction: str, references: Sequence[str]) -> float:
+    """ROUGE-L F1 in [0, 1], the max over references."""
+    return max(_scorer().score(target=ref, prediction=prediction)["rougeL"].fmeasure for ref in references)
+
+
+def exact_match(prediction: str, references: Sequence[str]) -> float:
+    return float(any(normalize_answer(prediction) == normalize_answer(ref) for ref in references))
+
+
+def score_predictions(rows: list[dict]) -> dict[str, float]:
+    """Mean ROUGE-L and exact match, both x 100, over prediction rows."""
+    n = max(len(rows), 1)
+    return {
+        "rougeL": 100 * sum(r["rougeL"] for r in rows) / n,
+        "exact_match": 100 * sum(r["exact_match"] for r in rows) / n,
+        "n": len(rows),
+    }
+
+
+def predict(
+    generator: Generator,
+    template: PromptTemplate,
+    instances: list[Instance],
+    max_source_length: int,
+    max_new_tokens: int,
+    desc: str = "eval",
+) -> list[dict]:
+    """Greedy predictions for `instances`, each row scored against its references."""
+    prompts = [template.prompt_ids(inst.definition, inst.input, max_source_length) for inst in instances]
+    outputs = generator.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), desc=desc)
+    rows = []
+    for inst, (prediction,) in zip(instances, outputs):
+        refs = inst.all_references
+        rows.append(
+            {
+                "id": inst.id,
+                "input": inst.input,
+                "target": inst.output,
+                "prediction": prediction,
+                "rougeL": rouge_l(prediction, refs),
+                "exact_match": exact_match(prediction, refs),
+            }
+        )
+    return rows
+
+
+def evaluate_task(generator: Generator, template: PromptTemplate, task: Task, max_source_length: int, max_new_tokens: int) -> list[dict]:
+    return predict(generator, template, task.eval, max_source_length, max_new_tokens, desc=f"eval {task.name}")
+
+
+def continual_metrics(scores: list[list[float | None]]) -> dict[str, float | None]:
+    """AR, FWT and BWT of a (T+1) x T matrix whose row 0 is the base model (SSR spec).
+
+    AR  = mean_i a_i(T);  FWT = mean_{i=2..T} a_i(i-1);  BWT = mean_{i=1..T-1} a_i(T) - a_i(i).
+    FWT/BWT are None when T < 2 or a needed entry is missing.
+    """
+    T = len(scores[0])
+    final = scores[T]
+    ar = sum(final) / T if all(v is not None for v in final) else None
+    if T < 2:
+        return {"AR": ar, "FWT": None, "BWT": None}
+    fwt_terms = [scores[i - 1][i - 1] for i in range(2, T + 1)]  # a_i(i-1), 1-based task i
+    bwt_terms = [(scores[T][i - 1], scores[i][i - 1]) for i in range(1, T)]
+    fwt = sum(fwt_terms) / (T - 1) if all(v is not None for v in fwt_terms) else None
+    bwt = (
+        sum(a - b for a, b in bwt_terms) / (T - 1)
+        if all(a is not None and b is not None for a, b in bwt_terms)
+        else None
+    )
+    return {"AR": ar, "FWT": fwt, "BWT": bwt}

