@@ -178,6 +178,17 @@ class RunConfig(_Strict):
 RUNTIME_KEYS = ("eval.batch_size", "method.batch_size")
 
 
+def _parse_value(text: str) -> Any:
+    """YAML scalar/list parsing, plus the floats YAML 1.1 leaves as strings (`1e-3`)."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return a copy of `raw` with each `a.b.c=value` applied (value parsed as YAML)."""
     raw = copy.deepcopy(raw)
@@ -196,7 +207,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             elif not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping")
             if last:
-                node[part] = yaml.safe_load(value)
+                node[part] = _parse_value(value)
             else:
                 if isinstance(node, dict) and node.get(part) is None:
                     node[part] = {}

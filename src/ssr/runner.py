@@ -28,7 +28,7 @@ from ssr import config as config_mod
 from ssr.config import RunConfig
 from ssr.data import Task, load_task
 from ssr.errors import RunDirError
-from ssr.evaluation import continual_metrics, evaluate_task, score_predictions
+from ssr.evaluation import evaluate_task, score_predictions
 from ssr.generation import HFGenerator
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
@@ -240,7 +240,7 @@ def _run(cfg: RunConfig, run_dir: Path) -> dict:
         "method": method.name,
         "tasks": all_names,
         "scores": scores,
-        **continual_metrics(scores),
+        **method.metrics(scores),
         "exact_match": _exact_match_matrix(ctx, method, plan),
         "train_stats": stage_stats,
         "wall_seconds": _wall_seconds(run_dir),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ssr.data.task import Task, training_row
+from ssr.evaluation import continual_metrics
 from ssr.io import read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
@@ -64,6 +65,17 @@ class Method:
         """scores[i][j] = task j after stage i; row 0 = base model."""
         names = [t.name for t in self.tasks]
         return [[stage_scores.get(i, {}).get(n) for n in names] for i in range(len(names) + 1)]
+
+    def metrics(self, scores: list[list[float | None]]) -> dict[str, float | None]:
+        """AR / FWT / BWT of the matrix (see `continual_metrics`)."""
+        return continual_metrics(scores)
+
+
+class FinalRowOnly(Method):
+    """Methods whose models do not form a sequence (mtl, single): only AR, the final row's mean."""
+
+    def metrics(self, scores):
+        return {"AR": continual_metrics(scores)["AR"], "FWT": None, "BWT": None}
 
 
 class RehearsalMethod(Method):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ssr.methods.base import Method, Stage
+from ssr.methods.base import FinalRowOnly, Stage
 
 
-class MultiTask(Method):
+class MultiTask(FinalRowOnly):
     name = "mtl"
 
     def plan(self) -> list[Stage]:

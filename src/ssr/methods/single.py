@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ssr.methods.base import Method, Stage
+from ssr.methods.base import FinalRowOnly, Stage
 
 
-class SingleTask(Method):
+class SingleTask(FinalRowOnly):
     name = "single"
 
     def plan(self) -> list[Stage]:

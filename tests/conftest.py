@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny random-weight Llama with its own BPE tokenizer, and tiny tasks on disk.
+
+Nothing is downloaded: the tokenizer is trained here on the task texts and the model is built
+from a config (random weights are fine for plumbing; quality claims use SmolLM2-135M).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED_SUPERNI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "superni"
+
+WORDS = "apple river stone cloud green quick seven table music light paper bread ocean silver window garden".split()
+
+
+def make_task_rows(kind: str, n: int, seed: int) -> list[dict]:
+    """Rows of a toy task in the SuperNI split format (definition + blank line + input)."""
+    rng = random.Random(seed)
+    definitions = {
+        "reverse": "Reverse the order of the words in the input.",
+        "upper": "Write the input in upper case.",
+        "count": "Count the words in the input and answer with a number.",
+    }
+    rows = []
+    for i in range(n):
+        words = rng.sample(WORDS, rng.randint(2, 5))
+        text = " ".join(words)
+        output = {"reverse": " ".join(reversed(words)), "upper": text.upper(), "count": str(len(words))}[kind]
+        rows.append({"id": f"{kind}-{seed}-{i}", "input": text, "output": output,
+                     "full_prompt": f"{definitions[kind]}\n\n{text}", "task_name": kind})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def task_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tasks")
+    for k, kind in enumerate(("reverse", "upper", "count")):
+        write_jsonl(d / f"{kind}.train.jsonl", make_task_rows(kind, 24, seed=k))
+        write_jsonl(d / f"{kind}.eval.jsonl", make_task_rows(kind, 6, seed=100 + k))
+        write_jsonl(d / f"{kind}.demos.jsonl", make_task_rows(kind, 6, seed=200 + k))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, task_dir) -> Path:
+    """A 2-layer Llama (hidden 32) and a byte-level BPE tokenizer trained on the toy tasks."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    texts = []
+    for path in task_dir.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            texts += [row["full_prompt"], row["output"], "Input: Output:"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer.save_pretrained(d)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(d)
+    return d
+
+
+def tiny_config(task_dir: Path, model_dir: Path, method: str = "sequential", tasks=("reverse", "upper", "count"), **method_opts) -> dict:
+    """A raw config dict for a fast run on the tiny model."""
+    return {
+        "seed": 7,
+        "model": {"name": str(model_dir), "template": "raw"},
+        "data": {"dir": str(task_dir)},
+        "eval": {"max_examples": 4, "max_new_tokens": 6, "batch_size": 4},
+        "train": {"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "max_source_length": 64, "max_target_length": 16},
+        "method": {"name": method, **method_opts},
+        "tasks": [{"name": t, "train": f"{t}.train.jsonl", "eval": f"{t}.eval.jsonl", "demos": f"{t}.demos.jsonl"} for t in tasks],
+    }

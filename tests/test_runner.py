@@ -1,0 +1,131 @@
+"""End to end on a tiny random-weight model over three toy tasks: every method of the engine."""
+
+import json
+from pathlib import Path
+
+import pytest
+from peft import PeftModel
+
+import ssr.runner
+from conftest import tiny_config
+from ssr.config import load_config
+from ssr.errors import RunDirError
+from ssr.evaluation import continual_metrics, score_predictions
+from ssr.io import read_jsonl
+from ssr.models import load_base_model
+from ssr.runner import run
+
+TASKS = ["reverse", "upper", "count"]
+
+
+def _run(task_dir, model_dir, out, method="sequential", **opts):
+    return run(load_config(None, raw=tiny_config(task_dir, model_dir, method, **opts)), out)
+
+
+@pytest.mark.parametrize(
+    "method, opts",
+    [("sequential", {}), ("replay", {"selection": "random", "per_task": 3}), ("replay", {"selection": "kmeans", "ratio": 0.25}),
+     ("mtl", {}), ("single", {})],
+    ids=["sequential", "replay-random", "replay-kmeans", "mtl", "single"],
+)
+def test_every_method_end_to_end(task_dir, tiny_model_dir, tmp_path, method, opts):
+    out = tmp_path / "run"
+    results = _run(task_dir, tiny_model_dir, out, method, **opts)
+    scores = results["scores"]
+    assert results["method"] == method and results["tasks"] == TASKS
+    assert len(scores) == 4 and all(len(row) == 3 for row in scores)
+    metrics = {k: results[k] for k in ("AR", "FWT", "BWT")}
+    if method in ("mtl", "single"):  # no sequence of models: only AR, the final row's mean
+        assert metrics == {"AR": pytest.approx(sum(scores[3]) / 3), "FWT": None, "BWT": None}
+    else:
+        assert metrics == continual_metrics(scores)
+    assert results == json.loads((out / "results.json").read_text())
+    assert (out / "config.yaml").exists() and (out / "run.log").exists()
+    for t in TASKS:  # row 0 is the base model, read back from its prediction files
+        rows = read_jsonl(out / "stages" / "0-base" / "predictions" / f"{t}.jsonl")
+        assert len(rows) == 4 and scores[0][TASKS.index(t)] == pytest.approx(score_predictions(rows)["rougeL"])
+    stages = sorted(p.name for p in (out / "stages").iterdir())
+    if method == "mtl":
+        assert stages == ["0-base", "1-mtl"]
+        assert all(v is None for row in scores[1:3] for v in row) and None not in scores[3]
+        assert results["AR"] == pytest.approx(sum(scores[3]) / 3) and results["BWT"] is None
+        assert {r["task"] for r in read_jsonl(out / "stages" / "1-mtl" / "train.jsonl")} == set(TASKS)
+        return
+    assert stages == ["0-base", "1-reverse", "2-upper", "3-count"]
+    if method == "single":
+        assert [scores[i][i - 1] is not None for i in (1, 2, 3)] == [True] * 3 and scores[1][1] is None
+        assert None not in scores[3] and results["FWT"] is None and results["BWT"] is None
+    else:
+        assert all(v is not None for row in scores for v in row)
+    for i, t in enumerate(TASKS, 1):
+        sdir = out / "stages" / f"{i}-{t}"
+        rows = read_jsonl(sdir / "train.jsonl")
+        new = [r for r in rows if r["source"] == "new"]
+        assert len(new) == 24 and {r["task"] for r in new} == {t}
+        rehearsed = [r for r in rows if r["source"] != "new"]
+        if method == "replay":
+            assert sorted({r["task"] for r in rehearsed}) == sorted(TASKS[: i - 1])
+            per_task = opts.get("per_task") or round(opts["ratio"] * 24)
+            assert len(rehearsed) == per_task * (i - 1) and {r["source"] for r in rehearsed} <= {"replay"}
+        else:
+            assert rehearsed == []
+    # the adapter is a plain PEFT adapter
+    model = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(out / "stages" / "3-count" / "adapter"))
+    assert model.peft_config["default"].r == 8
+
+
+def test_killed_run_resumes_where_it_stopped(task_dir, tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_train = ssr.runner.train_stage
+    calls = []
+
+    def dies_in_stage_2(model, template, rows, cfg, seed, desc):
+        calls.append(desc)
+        if "2-upper" in desc:
+            raise KeyboardInterrupt("killed")
+        return real_train(model, template, rows, cfg, seed, desc=desc)
+
+    monkeypatch.setattr(ssr.runner, "train_stage", dies_in_stage_2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(task_dir, tiny_model_dir, out, "replay", per_task=3)
+    assert calls == ["train 1-reverse", "train 2-upper"]
+    assert (out / "stages" / "1-reverse" / "adapter").exists() and not (out / "stages" / "2-upper" / "adapter").exists()
+    assert not list((out / "stages" / "2-upper").glob(".adapter*"))  # no half-written adapter left behind
+    stamp = (out / "stages" / "1-reverse" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    base_pred = (out / "stages" / "0-base" / "predictions" / "count.jsonl").stat().st_mtime_ns
+
+    calls.clear()
+    monkeypatch.setattr(ssr.runner, "train_stage", lambda *a, **k: (calls.append(k["desc"]), real_train(*a, **k))[1])
+    resumed = _run(task_dir, tiny_model_dir, out, "replay", per_task=3)
+    assert calls == ["train 2-upper", "train 3-count"]
+    assert (out / "stages" / "1-reverse" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "stages" / "0-base" / "predictions" / "count.jsonl").stat().st_mtime_ns == base_pred
+
+    # resuming gives the same numbers as a run that was never interrupted
+    monkeypatch.setattr(ssr.runner, "train_stage", real_train)
+    straight = _run(task_dir, tiny_model_dir, tmp_path / "straight", "replay", per_task=3)
+    assert resumed["scores"] == straight["scores"]
+
+    calls.clear()  # a finished run does no work at all
+    monkeypatch.setattr(ssr.runner, "train_stage", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(ssr.runner, "load_base_model", lambda *a, **k: pytest.fail("a finished run must not load the model"))
+    assert _run(task_dir, tiny_model_dir, out, "replay", per_task=3)["scores"] == straight["scores"] and calls == []
+
+
+def test_a_changed_config_is_refused(task_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(task_dir, tiny_model_dir, tasks=("upper",))
+    run(load_config(None, raw=cfg), out)
+    cfg["train"]["lr"] = 0.5
+    with pytest.raises(RunDirError, match=r"train.lr: 0.001 -> 0.5"):
+        run(load_config(None, raw=cfg), out)
+    cfg["train"]["lr"] = 1e-3
+    cfg["eval"]["batch_size"] = 2  # runtime-only keys may change
+    run(load_config(None, raw=cfg), out)
+
+
+def test_new_adapter_per_stage(task_dir, tiny_model_dir, tmp_path):
+    cfg = tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper"))
+    cfg["train"]["adapter"] = "new"
+    results = run(load_config(None, raw=cfg), tmp_path / "run")
+    assert len(results["scores"]) == 3 and results["BWT"] is not None
