@@ -27,6 +27,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    """SSR synthesis of one task on its own: candidates, stats and the rehearsal set."""
+    from pathlib import Path
+
+    from ssr.config import load_config
+    from ssr.data import load_task
+    from ssr.errors import ConfigError
+    from ssr.io import write_jsonl
+    from ssr.methods import Stage
+    from ssr.methods.ssr import SelfSynthesizedRehearsal
+    from ssr.models.lora import load_adapter
+    from ssr.runner import ModelState, RunContext
+
+    cfg = load_config(args.config, args.overrides)
+    entry = next((t for t in cfg.tasks if t.name == args.task), None)
+    if entry is None:
+        raise ConfigError(f"--task {args.task!r} is not in the config (tasks: {[t.name for t in cfg.tasks]})")
+    task = load_task(entry, cfg.data, cfg.method.n_demos, cfg.eval.max_examples)
+    out = Path(args.output_dir)
+    models = ModelState(cfg, out)
+    models.base()
+    if args.adapter:  # refine with a fine-tuned model, e.g. stages/<i>-<task>/adapter of a run
+        models.model = load_adapter(models.model, args.adapter, trainable=False)
+    method = SelfSynthesizedRehearsal(cfg, [task])
+    ctx = RunContext(cfg, out, [task], models)
+    rows = method.build_rehearsal(task, Stage(1, f"1-{task.name}", (task.name,)), ctx)
+    path = method.rehearsal_path(ctx, task.name)
+    write_jsonl(path, rows)
+    print(f"{len(rows)} synthetic instances: {path}")
+    print(f"candidates: {path.with_suffix('.candidates.jsonl')}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from ssr.config import load_config, to_yaml
 
@@ -56,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--output-dir", "-o", required=True, help="run directory (rerun the same command to resume)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("synth", help="run SSR synthesis for one task of a config, on its own")
+    _add_config_args(p)
+    p.add_argument("--task", required=True, help="task name from the config")
+    p.add_argument("--output-dir", "-o", required=True, help="writes synthetic/<task>.{candidates.jsonl,stats.json,jsonl}")
+    p.add_argument("--adapter", help="PEFT adapter of the model that refines the outputs (default: the base model)")
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("validate", help="validate a config and print it resolved")
     _add_config_args(p)

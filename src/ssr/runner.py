@@ -134,8 +134,24 @@ class ModelState:
     def finished(self, stage: Stage) -> None:
         self.at_stage = stage.name
 
-    def generator(self, model=None, batch_size: int | None = None) -> HFGenerator:
-        return HFGenerator(model or self.model, self.tokenizer, batch_size or self.cfg.eval.batch_size)
+    def generator(self, model=None, batch_size: int | None = None, tokenizer=None) -> HFGenerator:
+        return HFGenerator(model or self.model, tokenizer or self.tokenizer, batch_size or self.cfg.eval.batch_size)
+
+    @contextmanager
+    def icl_model(self):
+        """(model, tokenizer) that writes synthetic instances: the base model θ(0), never a
+        fine-tuned one (or `method.icl_model` when set). With a continued adapter, θ(0) is the
+        loaded model with its adapter disabled; otherwise a separate copy is loaded."""
+        name = self.cfg.method.icl_model
+        if name is None and hasattr(self.model, "disable_adapter") and not self.base_modified:
+            with self.model.disable_adapter():
+                yield self.model, self.tokenizer
+            return
+        if name is None and self.model is not None and self.at_stage == BASE_STAGE.name and not self.base_modified:
+            yield self.model, self.tokenizer
+            return
+        name = name or self.cfg.model.name
+        yield load_base_model(name, self.cfg.model.cache_dir), load_tokenizer(name, self.cfg.model.cache_dir)
 
 
 class RunDir:

@@ -5,15 +5,14 @@ from ssr.methods.mtl import MultiTask
 from ssr.methods.replay import Replay
 from ssr.methods.sequential import Sequential
 from ssr.methods.single import SingleTask
+from ssr.methods.ssr import SelfSynthesizedRehearsal
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Sequential, Replay, MultiTask, SingleTask)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (Sequential, Replay, MultiTask, SingleTask, SelfSynthesizedRehearsal)
+}
 
 
 def get_method(name: str) -> type[Method]:
-    if name == "ssr" and "ssr" not in METHODS:
-        from ssr.methods.ssr import SelfSynthesizedRehearsal
-
-        METHODS["ssr"] = SelfSynthesizedRehearsal
     return METHODS[name]
 
 

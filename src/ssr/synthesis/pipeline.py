@@ -1,0 +1,151 @@
+"""The SSR pipeline for one finished task (SSR spec, steps 1-4).
+
+1. synthesise: the base model continues ICL prompts (sampled, several times each);
+2. parse and filter: every continuation becomes candidates, each with a verdict;
+3. select: K-means (or random) over the kept candidates' inputs;
+4. refine: the latest model rewrites the selected inputs' outputs, greedily, through the
+   training template (the base model's output is kept for provenance only).
+
+Steps 1-3 produce the candidates file; step 4 the rehearsal file. Both are plain JSONL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import torch
+
+from ssr.config import MethodConfig
+from ssr.data.task import Instance, Task, training_row
+from ssr.generation import Generator, SamplingParams
+from ssr.models.templates import PromptTemplate
+from ssr.selection import select, target_size
+from ssr.synthesis.parser import parse_continuation
+from ssr.synthesis.prompts import build_icl_prompts
+
+log = logging.getLogger(__name__)
+
+KEPT = "kept"
+
+
+def generate_candidates(
+    task: Task, demos: list[Instance], generator: Generator, tokenizer, context_length: int, cfg: MethodConfig, seed: int
+) -> tuple[list[dict], Counter]:
+    """Step 1 and parsing: one candidate row per parsed chunk, and one per empty or duplicate generation."""
+    prompts = build_icl_prompts(task.definition, demos, cfg.n_shots, cfg.max_prompts, cfg.demo_outputs, seed)
+    stats: Counter = Counter(prompts=len(prompts))
+    encoded, usable = [], []
+    for p in prompts:
+        ids = tokenizer(p.text, add_special_tokens=True)["input_ids"]
+        if len(ids) + cfg.synth_max_new_tokens > context_length:
+            stats["prompts_skipped_too_long"] += 1
+            continue
+        encoded.append(ids)
+        usable.append(p)
+    params = SamplingParams(
+        max_new_tokens=cfg.synth_max_new_tokens, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+        repetition_penalty=cfg.repetition_penalty, num_samples=cfg.samples_per_prompt, ignore_eos=cfg.ignore_eos,
+    )
+    torch.manual_seed(seed)
+    continuations = generator.generate(encoded, params, desc=f"synthesize {task.name}")
+    candidates: list[dict] = []
+    seen: set[str] = set()
+    for prompt, samples in zip(usable, continuations):
+        for sample, text in enumerate(samples):
+            stats["generations"] += 1
+            base = {"prompt_id": prompt.id, "demo_ids": list(prompt.demo_ids), "sample": sample, "continuation": text}
+            if text in seen:
+                candidates.append({**base, "input": None, "base_output": None, "verdict": "duplicate_continuation"})
+                continue
+            seen.add(text)
+            parsed = parse_continuation(text)
+            if not parsed:
+                candidates.append({**base, "input": None, "base_output": None, "verdict": "no_instance"})
+            for item in parsed:
+                candidates.append({**base, "input": item.input, "base_output": item.output, "verdict": None})
+    for i, c in enumerate(candidates):
+        c["candidate_id"] = i
+    return candidates, stats
+
+
+def filter_candidates(candidates: list[dict], task: Task, demos: list[Instance], tokenizer, cfg: MethodConfig) -> None:
+    """Step 2: give every parsed candidate a verdict (`kept` or why it was dropped)."""
+    demo_inputs = {d.input.strip() for d in demos}
+    def_len = len(tokenizer(task.definition, add_special_tokens=False)["input_ids"])
+    input_only_ok = cfg.refine and cfg.keep_input_only
+    kept_inputs: set[str] = set()
+    for c in candidates:
+        if c["verdict"] is not None:
+            continue
+        x, y = c["input"], c["base_output"]
+        n_in = len(tokenizer(x, add_special_tokens=False)["input_ids"])
+        if not x:
+            verdict = "empty_input"
+        elif not y and not input_only_ok:
+            verdict = "no_output"
+        elif n_in > cfg.max_input_tokens:
+            verdict = "input_too_long"
+        elif def_len + n_in > cfg.max_definition_input_tokens:
+            verdict = "definition_input_too_long"
+        elif y and len(tokenizer(y, add_special_tokens=False)["input_ids"]) > cfg.max_output_tokens:
+            verdict = "output_too_long"
+        elif x in demo_inputs:
+            verdict = "copies_demo"
+        elif x in kept_inputs:
+            verdict = "duplicate"
+        else:
+            verdict = KEPT
+            kept_inputs.add(x)
+        c["verdict"] = verdict
+
+
+def select_candidates(candidates: list[dict], demos: list[Instance], train_size: int, cfg: MethodConfig, seed: int) -> int:
+    """Step 3: mark the chosen kept candidates (`selected`, `cluster`). Returns how many."""
+    kept = [c for c in candidates if c["verdict"] == KEPT]
+    k = target_size(len(kept), train_size, cfg.ratio, cfg.per_task)
+    fit = [d.input for d in demos] if cfg.kmeans_fit == "demos" else None
+    chosen = select([c["input"] for c in kept], k, cfg.selection_or_default, seed,
+                    n_clusters=cfg.n_clusters, embedding_model=cfg.embedding_model, fit_texts=fit)
+    for c in candidates:
+        c["cluster"], c["selected"] = None, False
+    for i, c in enumerate(kept):
+        if chosen.clusters is not None:
+            c["cluster"] = chosen.clusters[i]
+    for rank, i in enumerate(chosen.indices):
+        kept[i]["selected"] = True
+        kept[i]["selection_rank"] = rank
+    return len(chosen.indices)
+
+
+def synthesize(task: Task, demos: list[Instance], generator: Generator, tokenizer, context_length: int,
+               cfg: MethodConfig, seed: int) -> tuple[list[dict], dict]:
+    """Steps 1-3 for one task: the candidates (with verdicts and selection) and counts."""
+    started = time.perf_counter()
+    candidates, stats = generate_candidates(task, demos, generator, tokenizer, context_length, cfg, seed)
+    filter_candidates(candidates, task, demos, tokenizer, cfg)
+    stats.update(Counter(f"verdict_{c['verdict']}" for c in candidates))
+    stats["candidates"] = len(candidates)
+    stats["input_only_kept"] = sum(1 for c in candidates if c["verdict"] == KEPT and not c["base_output"])
+    stats["selected"] = select_candidates(candidates, demos, len(task.train), cfg, seed)
+    stats["seconds"] = round(time.perf_counter() - started, 1)
+    log.info("task %s: synthesis %s", task.name, dict(stats))
+    return candidates, dict(stats)
+
+
+def refine(selected: list[dict], definition: str, generator: Generator, template: PromptTemplate,
+           max_source_length: int, max_new_tokens: int, desc: str = "refine") -> list[str]:
+    """Step 4: the latest model's greedy outputs for the selected inputs (training template)."""
+    prompts = [template.prompt_ids(definition, c["input"], max_source_length) for c in selected]
+    return [out for (out,) in generator.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), desc=desc)]
+
+
+def rehearsal_rows(task: Task, selected: list[dict], outputs: list[str | None], refined: bool) -> list[dict]:
+    """Rows replayed in later stages: `output` is the refined one (or the base one without refinement)."""
+    rows = []
+    for c, out in zip(selected, outputs):
+        inst = Instance(f"{task.name}-syn-{c['candidate_id']}", c["input"], out, task.definition)
+        rows.append(training_row(inst, task.name, "synthetic", base_output=c["base_output"], refined=refined,
+                                 candidate_id=c["candidate_id"], prompt_id=c["prompt_id"], demo_ids=c["demo_ids"]))
+    return rows

@@ -1,0 +1,69 @@
+"""SSR end to end on a tiny random-weight model over three toy tasks."""
+
+import json
+from collections import Counter
+
+from conftest import tiny_config
+from ssr.cli import main
+from ssr.config import load_config
+from ssr.io import read_jsonl
+from ssr.models import get_template, load_base_model, load_tokenizer
+from ssr.models.lora import load_adapter
+from ssr.runner import run
+from ssr.generation import HFGenerator
+from ssr.synthesis.pipeline import refine
+
+TASKS = ["reverse", "upper", "count"]
+SSR_OPTS = dict(per_task=3, n_clusters=2, max_prompts=5, samples_per_prompt=2, synth_max_new_tokens=12, batch_size=8)
+
+
+def test_ssr_end_to_end(task_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "ssr", **SSR_OPTS))
+    results = run(cfg, out)
+    assert len(results["scores"]) == 4 and results["BWT"] is not None
+
+    # task 1 (and 2) are rehearsed in every later stage, from synthetic data only
+    for i, t in enumerate(TASKS, 1):
+        rows = read_jsonl(out / "stages" / f"{i}-{t}" / "train.jsonl")
+        by_source = Counter((r["task"], r["source"]) for r in rows)
+        assert by_source[(t, "new")] == 24
+        assert {k for k in by_source if k[1] != "new"} == {(p, "synthetic") for p in TASKS[: i - 1]}
+        assert "replay" not in {r["source"] for r in rows}
+    assert not (out / "synthetic" / "count.jsonl").exists()  # nothing after the last stage
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    template = get_template("raw", tokenizer)
+    for i, t in enumerate(TASKS[:2], 1):
+        demos = {json.loads(line)["input"] for line in (task_dir / f"{t}.demos.jsonl").read_text().splitlines()}
+        rehearsed = read_jsonl(out / "synthetic" / f"{t}.jsonl")
+        candidates = read_jsonl(out / "synthetic" / f"{t}.candidates.jsonl")
+        stats = json.loads((out / "synthetic" / f"{t}.stats.json").read_text())
+        assert 0 < len(rehearsed) <= 3
+        assert not {r["input"] for r in rehearsed} & demos  # no rehearsed input copies a demonstration
+        # the candidates file accounts for every generation: prompts x samples, each at least once
+        generations = {(c["prompt_id"], c["sample"]) for c in candidates}
+        assert len(generations) == stats["generations"] == 5 * 2
+        assert sum(v for k, v in stats.items() if k.startswith("verdict_")) == len(candidates)
+        selected = [c for c in candidates if c["selected"]]
+        assert all(c["verdict"] == "kept" for c in selected)
+        assert {r["candidate_id"] for r in rehearsed} <= {c["candidate_id"] for c in selected}
+        for c in candidates:  # every parsed input is cut from its own continuation
+            assert c["input"] is None or c["input"] in c["continuation"]
+        # rehearsed outputs are the latest model's greedy outputs (refined), not the base ones
+        latest = load_adapter(load_base_model(str(tiny_model_dir)), out / "stages" / f"{i}-{t}" / "adapter", trainable=False)
+        chosen = sorted(selected, key=lambda c: c["selection_rank"])
+        expected = refine(chosen, rehearsed[0]["definition"], HFGenerator(latest, tokenizer, 8), template, 64, 6)
+        assert [r["output"] for r in rehearsed] == [o for o in expected if o]
+        assert all(r["refined"] for r in rehearsed)
+
+
+def test_ssr_synth_command_on_its_own(task_dir, tiny_model_dir, tmp_path, capsys):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg = tiny_config(task_dir, tiny_model_dir, "ssr", **SSR_OPTS)
+    cfg_path.write_text(json.dumps(cfg))  # JSON is YAML
+    assert main(["synth", str(cfg_path), "--task", "upper", "-o", str(tmp_path / "s"), "--set", "method.refine=false"]) == 0
+    rows = read_jsonl(tmp_path / "s" / "synthetic" / "upper.jsonl")
+    assert all(r["output"] == r["base_output"] and r["refined"] is False for r in rows)
+    assert "synthetic instances" in capsys.readouterr().out
+    assert main(["synth", str(cfg_path), "--task", "nope", "-o", str(tmp_path / "s")]) == 2
