@@ -3,7 +3,7 @@ import torch
 from ssr.config import LoraSettings, TrainConfig
 from ssr.models import get_template, load_base_model, load_tokenizer
 from ssr.models.lora import attach_lora
-from ssr.training import IGNORE_INDEX, collate, length_grouped_batches, tokenize_rows, train_stage
+from ssr.training import IGNORE_INDEX, causal_lm_loss, collate, supports_sparse_logits, length_grouped_batches, tokenize_rows, train_stage
 
 ROWS = [{"definition": "Write the input in upper case.", "input": w, "output": w.upper()}
         for w in "apple river stone cloud green quick seven table".split()]
@@ -50,3 +50,12 @@ def test_training_lowers_loss_and_is_deterministic(tiny_model_dir):
     with torch.no_grad():
         after = model(**batch).loss.item()
     assert after < before
+
+
+def test_sparse_logits_loss_equals_the_plain_loss(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = _model(tiny_model_dir)
+    assert supports_sparse_logits(model)
+    batch = collate(tokenize_rows(ROWS, get_template("raw", tok), 64, 16), tok.pad_token_id)
+    with torch.no_grad():
+        assert torch.allclose(causal_lm_loss(model, batch, True), causal_lm_loss(model, batch, False), atol=1e-5)

@@ -60,6 +60,72 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_METHODS = {
+    "sequential": [],
+    "replay": ["method.ratio=0.1", "method.selection=random"],
+    "ssr": ["method.ratio=0.1"],
+    "mtl": [],
+}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The built-in demo: every method on the built-in tasks, then one report."""
+    from pathlib import Path
+
+    from ssr.config import load_config
+    from ssr.errors import ConfigError
+    from ssr.report import build_report
+    from ssr.runner import run
+
+    methods = args.methods.split(",") if args.methods else list(DEMO_METHODS)
+    unknown = [m for m in methods if m not in DEMO_METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown {unknown}; the demo runs {list(DEMO_METHODS)}")
+    out = Path(args.output_dir)
+    config_path = Path(__file__).parent / "configs" / "demo.yaml"
+    run_dirs = []
+    for method in methods:
+        cfg = load_config(config_path, [f"method.name={method}", *DEMO_METHODS[method], *args.overrides])
+        print(f"== {method} -> {out / method}", flush=True)
+        results = run(cfg, out / method)
+        print(format_results(results), flush=True)
+        run_dirs.append(out / method)
+    report = build_report(run_dirs, out, title="ssr demo: built-in tasks on SmolLM2-135M-Instruct")
+    print()
+    print(comparison_table(run_dirs))
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ssr.report import build_report
+
+    run_dirs = [Path(d) for d in args.run_dirs]
+    out = Path(args.output_dir) if args.output_dir else run_dirs[0].parent
+    try:
+        report = build_report(run_dirs, out)
+    except FileNotFoundError as err:
+        from ssr.errors import SSRError
+
+        raise SSRError(str(err)) from None
+    print(comparison_table(run_dirs))
+    print(f"report: {report}")
+    return 0
+
+
+def comparison_table(run_dirs) -> str:
+    from ssr.report import load_run
+
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [f"{'run':<28}{'AR':>8}{'FWT':>8}{'BWT':>8}{'minutes':>9}"]
+    for d in run_dirs:
+        r = load_run(d)
+        lines.append(f"{d.name:<28}{fmt(r['AR']):>8}{fmt(r['FWT']):>8}{fmt(r['BWT']):>8}{r.get('wall_seconds', 0) / 60:>9.1f}")
+    return "\n".join(lines)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from ssr.config import load_config, to_yaml
 
@@ -96,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", "-o", required=True, help="writes synthetic/<task>.{candidates.jsonl,stats.json,jsonl}")
     p.add_argument("--adapter", help="PEFT adapter of the model that refines the outputs (default: the base model)")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="run the built-in demo (every method) and write a report")
+    p.add_argument("--output-dir", "-o", default="runs/demo")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(DEMO_METHODS)}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the demo config")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="build a report (tables, heatmaps, curves) over run directories")
+    p.add_argument("run_dirs", nargs="+", help="run directories (each with results.json)")
+    p.add_argument("--output-dir", "-o", help="where report.md goes (default: the parent of the first run)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("validate", help="validate a config and print it resolved")
     _add_config_args(p)

@@ -32,6 +32,8 @@ class ModelConfig(_Strict):
 
 class TaskConfig(_Strict):
     name: str = Field(min_length=1)
+    builtin: bool = False
+    """Use the built-in task `name` (sentiment, product, city); no files needed."""
     train: str | None = None
     eval: str | None = None
     demos: str | None = None
@@ -45,6 +47,17 @@ class TaskConfig(_Strict):
         if "/" in v or v.startswith("."):
             raise ValueError("a task name is used as a file name: no '/' and no leading '.'")
         return v
+
+    @model_validator(mode="after")
+    def _builtin(self) -> TaskConfig:
+        if self.builtin:
+            from ssr.data.builtin import builtin_task_names
+
+            if self.name not in builtin_task_names():
+                raise ValueError(f"no built-in task {self.name!r}; built-in tasks: {builtin_task_names()}")
+            if self.train or self.eval or self.demos:
+                raise ValueError("a built-in task takes no train/eval/demos files")
+        return self
 
 
 class DataConfig(_Strict):

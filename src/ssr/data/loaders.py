@@ -180,6 +180,13 @@ def _check_one_definition(path: str, instances: list[Instance], given: str | Non
 
 def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None) -> Task:
     """Build a Task from its config entry: train, eval and demos, capped as configured."""
+    if task_cfg.builtin:
+        from ssr.data.builtin import builtin_task
+
+        task = builtin_task(task_cfg.name)
+        task.train = task.train[: data_cfg.max_train_examples]
+        task.eval = task.eval[:max_eval]
+        return task
     policy = RowPolicy(skip_bad_rows=data_cfg.skip_bad_rows)
     fmt, given = task_cfg.format, task_cfg.definition
     if task_cfg.train is None and task_cfg.eval is None:
