@@ -29,7 +29,7 @@ def test_demo_runs_every_method_and_writes_the_report(tiny_model_dir, tmp_path, 
     assert f"report: {out / 'report.md'}" in printed
     for method in ("sequential", "replay", "ssr", "mtl"):
         results = json.loads((out / method / "results.json").read_text())
-        assert results["method"] == method and results["tasks"] == ["product", "city", "sentiment"]
+        assert results["method"] == method and results["tasks"] == ["sentiment", "product", "city"]
         assert method in printed
     report = (out / "report.md").read_text()
     assert "| sequential |" in report and "| replay (random, 10%) |" in report and "seen_average.png" in report

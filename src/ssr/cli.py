@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from ssr.errors import SSRError
 
@@ -183,8 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the run log (a file) records INFO regardless
+        handler.setLevel(level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not the user's concern
     try:
         return args.func(args)
     except SSRError as err:

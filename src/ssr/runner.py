@@ -111,6 +111,9 @@ class ModelState:
             self.model = self.model.merge_and_unload()
             self.base_modified = True
             return self._attach(self.model, seed)
+        for name, param in self.model.named_parameters():  # it may have been loaded frozen for evaluation
+            if "lora_" in name:
+                param.requires_grad_(True)
         return self.model
 
     def _attach(self, base, seed: int):

@@ -1,0 +1,179 @@
+"""Throughput benchmark (`make bench-quick`): the project's fast paths against the plain ones,
+measured side by side in one process on SmolLM2-135M-Instruct and the same prompts.
+
+- synthesis: ICL sampling with the project's batched generator vs a transformers
+  text-generation pipeline called one prompt at a time (the release's approach);
+- training: LoRA tokens/s and model FLOPs utilisation against this machine's matmul peak,
+  measured here in the same run, fp32 and bf16;
+- evaluation: greedy generation, batched vs batch 1;
+- peak resident memory of each phase.
+
+The last lines are `synthesis_speedup: X`, `train_mfu: F`, `eval_speedup: X` (read by scripts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import torch
+
+from ssr.config import LoraSettings, TrainConfig
+from ssr.data.builtin import builtin_task
+from ssr.generation import HFGenerator, SamplingParams
+from ssr.models import get_template, load_base_model, load_tokenizer
+from ssr.models.lora import attach_lora
+from ssr.synthesis import build_icl_prompts
+from ssr.training import tokenize_rows, train_stage
+
+MODEL = "smollm2-135m"
+
+
+@contextmanager
+def peak_rss(store: dict, key: str):
+    """Peak resident set size (MiB) of this process while the block runs (sampled every 20 ms)."""
+    proc, peak, done = psutil.Process(), [proc_rss := psutil.Process().memory_info().rss], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        store[key] = round(max(peak[0], proc_rss) / 2**20)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    """Achieved FLOP/s of a large square matmul: this machine's practical peak for `dtype`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def count_new_tokens(tokenizer, texts: list[str]) -> int:
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
+def bench_synthesis(model, tokenizer, n_prompts: int, max_new: int, batch_size: int, mem: dict) -> dict:
+    from transformers import pipeline
+
+    task = builtin_task("product")
+    prompts = build_icl_prompts(task.definition, task.demos, max_prompts=n_prompts, seed=0)
+    params = dict(do_sample=True, temperature=0.9, top_p=0.6, repetition_penalty=1.2)
+    # the release's way: a text-generation pipeline, one prompt at a time
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device=-1)
+    torch.manual_seed(0)
+    with peak_rss(mem, "synthesis_pipeline_batch1"):
+        start = time.perf_counter()
+        outs = [pipe(p.text, max_new_tokens=max_new, return_full_text=False, top_k=0, **params)[0]["generated_text"] for p in prompts]
+        base_s = time.perf_counter() - start
+    base_tokens = count_new_tokens(tokenizer, outs)
+    generator = HFGenerator(model, tokenizer, batch_size=batch_size, show_progress=False)
+    ids = [tokenizer(p.text)["input_ids"] for p in prompts]
+    torch.manual_seed(0)
+    with peak_rss(mem, "synthesis_project"):
+        start = time.perf_counter()
+        texts = generator.generate(ids, SamplingParams(max_new_tokens=max_new, do_sample=True, temperature=0.9, top_p=0.6, repetition_penalty=1.2))
+        ours_s = time.perf_counter() - start
+    ours_tokens = count_new_tokens(tokenizer, [t for (t,) in texts])
+    base_tps, ours_tps = base_tokens / base_s, ours_tokens / ours_s
+    return {"synthesis_pipeline_tokens_per_s": base_tps, "synthesis_project_tokens_per_s": ours_tps,
+            "synthesis_speedup": ours_tps / base_tps, "synthesis_prompts": n_prompts}
+
+
+def bench_eval(model, tokenizer, n: int, max_new: int, batch_size: int, mem: dict) -> dict:
+    task = builtin_task("city")
+    template = get_template("raw", tokenizer)
+    prompts = [template.prompt_ids(i.definition, i.input) for i in task.eval[:n]]
+    result = {}
+    for name, bs in (("batch1", 1), ("batched", batch_size)):
+        gen = HFGenerator(model, tokenizer, batch_size=bs, show_progress=False)
+        with peak_rss(mem, f"eval_{name}"):
+            start = time.perf_counter()
+            outs = gen.generate(prompts, SamplingParams(max_new_tokens=max_new, ignore_eos=True))
+            seconds = time.perf_counter() - start
+        result[f"eval_{name}_tokens_per_s"] = count_new_tokens(tokenizer, [o for (o,) in outs]) / seconds
+    result["eval_speedup"] = result["eval_batched_tokens_per_s"] / result["eval_batch1_tokens_per_s"]
+    return result
+
+
+def train_flops_per_token(model, tokens: int, response_tokens: int) -> float:
+    """Matmul FLOPs of one LoRA training token: forward 2N + backward (activation grads) 2N over
+    the frozen linear layers, the vocabulary projection only where a response token is predicted
+    (sparse logits), plus attention scores (ignored: short sequences)."""
+    inner = model.get_base_model()
+    lm_head = inner.get_output_embeddings().weight.numel()
+    linear = sum(m.weight.numel() for n, m in inner.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in n)
+    linear -= lm_head if inner.get_output_embeddings() in inner.modules() else 0
+    return 4 * linear + 6 * lm_head * response_tokens / tokens
+
+
+def bench_training(tokenizer, rows: list[dict], mem: dict) -> dict:
+    template = get_template("raw", tokenizer)
+    examples = tokenize_rows(rows, template, 128, 16)
+    response = sum(sum(1 for t in labels if t != -100) for _, labels in examples)
+    result = {}
+    for precision in ("fp32", "bf16"):
+        model = attach_lora(load_base_model(MODEL), LoraSettings(), seed=0)
+        cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=8, grad_accum=1, max_source_length=128, max_target_length=16,
+                          bf16="on" if precision == "bf16" else "off")
+        with peak_rss(mem, f"train_{precision}"):
+            stats = train_stage(model, template, rows, cfg, seed=0, desc=f"train {precision}")
+        peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32)
+        flops = train_flops_per_token(model, stats["tokens"], response) * stats["tokens"] / stats["seconds"]
+        result[f"train_{precision}_tokens_per_s"] = stats["tokens_per_s"]
+        result[f"matmul_peak_{precision}_gflops"] = peak / 1e9
+        result[f"train_{precision}_mfu"] = flops / peak
+    best = max(("fp32", "bf16"), key=lambda p: result[f"train_{p}_tokens_per_s"])
+    result["train_best_precision"] = best
+    result["train_mfu"] = result[f"train_{best}_mfu"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--synth-tokens", type=int, default=48)
+    parser.add_argument("--eval-examples", type=int, default=32)
+    parser.add_argument("--train-examples", type=int, default=64)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    tokenizer = load_tokenizer(MODEL)
+    model = load_base_model(MODEL)
+    mem: dict = {}
+    figures: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+    figures |= bench_synthesis(model, tokenizer, args.prompts, args.synth_tokens, batch_size=args.prompts, mem=mem)
+    figures |= bench_eval(model, tokenizer, args.eval_examples, 8, batch_size=args.eval_examples, mem=mem)
+    rows = [{"definition": i.definition, "input": i.input, "output": i.output} for i in builtin_task("product").train[: args.train_examples]]
+    figures |= bench_training(tokenizer, rows, mem)
+    figures["peak_rss_mib"] = mem
+    for key, value in figures.items():
+        if key not in ("synthesis_speedup", "train_mfu", "eval_speedup"):
+            print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    print(f"synthesis_speedup: {figures['synthesis_speedup']:.2f}")
+    print(f"train_mfu: {figures['train_mfu']:.3f}")
+    print(f"eval_speedup: {figures['eval_speedup']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
