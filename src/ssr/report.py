@@ -75,10 +75,13 @@ def heatmap(results: dict, label: str, path: Path) -> None:
 
 def seen_curve(runs: list[tuple[str, dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for label, results in runs:
+    markers, styles = "osD^vP*X", ["-", "--", "-.", ":"]
+    for k, (label, results) in enumerate(runs):
         ys = seen_average(results["scores"])
-        xs = [i for i, y in enumerate(ys, 1) if y is not None]
-        ax.plot(xs, [y for y in ys if y is not None], marker="o", label=label)
+        # a small horizontal offset per run keeps lines that coincide (e.g. at 100) visible
+        xs = [i + 0.04 * (k - (len(runs) - 1) / 2) for i, y in enumerate(ys, 1) if y is not None]
+        ax.plot(xs, [y for y in ys if y is not None], marker=markers[k % len(markers)],
+                linestyle=styles[k % len(styles)], label=label)
     tasks = runs[0][1]["tasks"]
     ax.set_xticks(range(1, len(tasks) + 1), [f"{i}: {t}" for i, t in enumerate(tasks, 1)])
     ax.set_xlabel("after stage")
