@@ -13,7 +13,7 @@ from ssr.errors import RunDirError
 from ssr.evaluation import continual_metrics, score_predictions
 from ssr.io import read_jsonl
 from ssr.models import load_base_model
-from ssr.runner import run
+from ssr.runner import run, share_first_stage
 
 TASKS = ["reverse", "upper", "count"]
 
@@ -129,3 +129,27 @@ def test_new_adapter_per_stage(task_dir, tiny_model_dir, tmp_path):
     cfg["train"]["adapter"] = "new"
     results = run(load_config(None, raw=cfg), tmp_path / "run")
     assert len(results["scores"]) == 3 and results["BWT"] is not None
+
+
+def test_stage_1_is_the_same_computation_for_continual_methods(task_dir, tiny_model_dir, tmp_path, monkeypatch):
+    seq = tmp_path / "sequential"
+    _run(task_dir, tiny_model_dir, seq, "sequential")
+    rep = tmp_path / "replay"
+    _run(task_dir, tiny_model_dir, rep, "replay", per_task=3)
+    stage = Path("stages") / "1-reverse"
+    for name in ("adapter/adapter_model.safetensors", "train.jsonl", "predictions/upper.jsonl"):
+        assert (seq / stage / name).read_bytes() == (rep / stage / name).read_bytes()
+
+    # so a new replay run may start from the sequential run's stage 1
+    calls = []
+    real_train = ssr.runner.train_stage
+    monkeypatch.setattr(ssr.runner, "train_stage", lambda *a, **k: (calls.append(k["desc"]), real_train(*a, **k))[1])
+    cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "replay", per_task=3))
+    shared = tmp_path / "shared"
+    assert share_first_stage(seq, cfg, shared)
+    assert run(cfg, shared)["scores"] == json.loads((rep / "results.json").read_text())["scores"]
+    assert calls == ["train 2-upper", "train 3-count"]
+    # not across different training settings, nor into a run that has begun
+    other = load_config(None, raw={**tiny_config(task_dir, tiny_model_dir, "replay", per_task=3), "seed": 8})
+    assert not share_first_stage(seq, other, tmp_path / "other")
+    assert not share_first_stage(seq, cfg, shared)

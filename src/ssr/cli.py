@@ -76,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ssr.config import load_config
     from ssr.errors import ConfigError
     from ssr.report import build_report
-    from ssr.runner import run
+    from ssr.runner import run, share_first_stage
 
     methods = args.methods.split(",") if args.methods else list(DEMO_METHODS)
     unknown = [m for m in methods if m not in DEMO_METHODS]
@@ -88,6 +88,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for method in methods:
         cfg = load_config(config_path, [f"method.name={method}", *DEMO_METHODS[method], *args.overrides])
         print(f"== {method} -> {out / method}", flush=True)
+        if run_dirs and share_first_stage(run_dirs[0], cfg, out / method):
+            print(f"   (base evaluation and stage 1 reused from {run_dirs[0]}: the same computation)")
         results = run(cfg, out / method)
         print(format_results(results), flush=True)
         run_dirs.append(out / method)

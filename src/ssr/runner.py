@@ -277,6 +277,41 @@ def _exact_match_matrix(ctx: RunContext, method: Method, plan: list[Stage]) -> d
     return out
 
 
+def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
+    """Copy the base evaluation and stage 1 of a finished run into a new run of another method.
+
+    Stage 1 is plain fine-tuning on task 1 for every continual method (sequential, replay,
+    ssr): with the same config apart from `method.*`, it is the same computation (same rows,
+    seeds and data order; a test checks the adapters are identical), so it is reused, not
+    redone. The copied steps' timings come along, so wall times stay comparable.
+    Returns whether anything was copied.
+    """
+    import shutil
+
+    continual = ("sequential", "replay", "ssr")
+    saved = source / "config.yaml"
+    if not saved.exists() or cfg.method.name not in continual or (target / "stages").exists():
+        return False
+    previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    if previous["method"]["name"] not in continual:
+        return False
+    if any(not line.startswith("method.") for line in config_mod.diff(previous, config_mod.to_dict(cfg))):
+        return False
+    first = f"1-{cfg.tasks[0].name}"
+    if not (source / "stages" / first / "adapter").exists():
+        return False
+    for name in (BASE_STAGE.name, first):
+        shutil.copytree(source / "stages" / name, target / "stages" / name)
+    timings = source / "timings.jsonl"
+    if timings.exists():
+        lines = [line for line in timings.read_text().splitlines()
+                 if line and json.loads(line)["step"].split(" ")[:2] in
+                 (["eval", BASE_STAGE.name], ["eval", first], ["train", first])]
+        (target / "timings.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    log.info("reused %s and %s from %s", BASE_STAGE.name, first, source)
+    return True
+
+
 def _wall_seconds(run_dir: Path) -> float:
     path = run_dir / "timings.jsonl"
     if not path.exists():
