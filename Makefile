@@ -27,5 +27,8 @@ test: install
 demo: install
 	$(BIN)/ssr demo --output-dir runs/demo
 
+bench-quick: install
+	$(BIN)/python benchmarks/throughput.py --markdown BENCHMARKS.md --json runs/bench/throughput.json
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -39,7 +39,8 @@ MODEL = "smollm2-135m"
 @contextmanager
 def peak_rss(store: dict, key: str):
     """Peak resident set size (MiB) of this process while the block runs (sampled every 20 ms)."""
-    proc, peak, done = psutil.Process(), [proc_rss := psutil.Process().memory_info().rss], threading.Event()
+    proc, done = psutil.Process(), threading.Event()
+    peak = [proc.memory_info().rss]
 
     def sample():
         while not done.is_set():
@@ -53,7 +54,7 @@ def peak_rss(store: dict, key: str):
     finally:
         done.set()
         thread.join()
-        store[key] = round(max(peak[0], proc_rss) / 2**20)
+        store[key] = round(peak[0] / 2**20)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
@@ -148,6 +149,40 @@ def bench_training(tokenizer, rows: list[dict], mem: dict) -> dict:
     return result
 
 
+SECTION = "## Throughput (`make bench-quick`)"
+
+
+def write_section(path: Path, f: dict) -> None:
+    """Replace (or add) the throughput section of BENCHMARKS.md with these figures."""
+    mem = f["peak_rss_mib"]
+    body = f"""{SECTION}
+
+Measured {f['date']} on {f['machine']}; command: `make bench-quick`
+(`python benchmarks/throughput.py --markdown BENCHMARKS.md`). SmolLM2-135M-Instruct, built-in
+tasks; every ratio is against a baseline measured in the same run.
+
+| what | project | baseline | ratio |
+|---|---:|---:|---:|
+| ICL synthesis, tokens/s ({f['synthesis_prompts']} prompts, sampled) | {f['synthesis_project_tokens_per_s']:.1f} (batched) | {f['synthesis_pipeline_tokens_per_s']:.1f} (text-generation pipeline, batch 1) | **{f['synthesis_speedup']:.2f}×** |
+| evaluation, greedy tokens/s | {f['eval_batched_tokens_per_s']:.1f} (batched) | {f['eval_batch1_tokens_per_s']:.1f} (batch 1) | **{f['eval_speedup']:.2f}×** |
+| LoRA training tokens/s, fp32 | {f['train_fp32_tokens_per_s']:.1f} | | MFU {f['train_fp32_mfu']:.3f} of {f['matmul_peak_fp32_gflops']:.0f} GFLOP/s |
+| LoRA training tokens/s, bf16 autocast | {f['train_bf16_tokens_per_s']:.1f} | | MFU {f['train_bf16_mfu']:.3f} of {f['matmul_peak_bf16_gflops']:.0f} GFLOP/s |
+
+MFU = achieved matmul FLOP/s (4 × frozen linear parameters per token, plus the vocabulary
+projection only where a response token is predicted) over the peak of a 2048² matmul in the
+same precision, measured in the same run. Peak resident memory per phase (MiB):
+{', '.join(f'{k} {v}' for k, v in mem.items())}.
+"""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if SECTION in text:
+        start = text.index(SECTION)
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + body + (text[end + 1:] if end != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    path.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=8)
@@ -155,6 +190,7 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=32)
     parser.add_argument("--train-examples", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--markdown", type=Path, help="update the throughput section of this file (BENCHMARKS.md)")
     args = parser.parse_args()
     tokenizer = load_tokenizer(MODEL)
     model = load_base_model(MODEL)
@@ -169,7 +205,10 @@ def main() -> None:
         if key not in ("synthesis_speedup", "train_mfu", "eval_speedup"):
             print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2))
+    if args.markdown:
+        write_section(args.markdown, figures)
     print(f"synthesis_speedup: {figures['synthesis_speedup']:.2f}")
     print(f"train_mfu: {figures['train_mfu']:.3f}")
     print(f"eval_speedup: {figures['eval_speedup']:.2f}")

@@ -22,6 +22,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ssr.runner import run
 
     cfg = load_config(args.config, args.overrides)
+    if args.reuse_first_stage:
+        from pathlib import Path
+
+        from ssr.runner import share_first_stage
+
+        if not share_first_stage(Path(args.reuse_first_stage), cfg, Path(args.output_dir)):
+            print(f"note: stage 1 of {args.reuse_first_stage} not reused (not finished, another training "
+                  "setting, or this run has begun)", file=sys.stderr)
     results = run(cfg, args.output_dir)
     print(format_results(results))
     print(f"results: {os.path.join(args.output_dir, 'results.json')}")
@@ -157,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run (or resume) a continual-learning sequence")
     _add_config_args(p)
     p.add_argument("--output-dir", "-o", required=True, help="run directory (rerun the same command to resume)")
+    p.add_argument("--reuse-first-stage", metavar="RUN_DIR",
+                   help="start from the base evaluation and stage 1 of a finished sequential/replay/ssr run "
+                        "with the same settings apart from method.* (stage 1 is the same computation)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("synth", help="run SSR synthesis for one task of a config, on its own")
