@@ -79,3 +79,13 @@ def test_diff_names_changed_keys_and_ignores_runtime_ones():
     a = to_dict(validate(BASE))
     b = to_dict(validate({**BASE, "train": {"lr": 1e-3}, "eval": {"batch_size": 3}}))
     assert diff(a, b) == ["train.lr: 0.0002 -> 0.001"]
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    paths = [*sorted((root / "configs").glob("*.yaml")), root / "src" / "ssr" / "configs" / "demo.yaml"]
+    assert len(paths) >= 2
+    for path in paths:
+        load_config(path)
