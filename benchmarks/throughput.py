@@ -176,7 +176,7 @@ tasks; every ratio is against a baseline measured in the same run.
 {bf16_row}
 
 MFU = achieved matmul FLOP/s (4 × frozen linear parameters per token, plus the vocabulary
-projection only where a response token is predicted) over the peak of a 2048² matmul in the
+projection only where a response token is predicted) over the peak of a 1024² matmul in the
 same precision, measured in the same run. Peak resident memory per phase (MiB):
 {', '.join(f'{k} {v}' for k, v in mem.items())}.
 """
