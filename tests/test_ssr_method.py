@@ -67,3 +67,42 @@ def test_ssr_synth_command_on_its_own(task_dir, tiny_model_dir, tmp_path, capsys
     assert all(r["output"] == r["base_output"] and r["refined"] is False for r in rows)
     assert "synthetic instances" in capsys.readouterr().out
     assert main(["synth", str(cfg_path), "--task", "nope", "-o", str(tmp_path / "s")]) == 2
+
+
+def test_ablation_switches_and_artifacts_load_with_datasets(task_dir, tiny_model_dir, tmp_path):
+    """Random selection, supervised K-means, input-only demos, other demos, another ICL model."""
+    import datasets
+
+    from conftest import make_task_rows, write_jsonl
+
+    other_demos = write_jsonl(tmp_path / "new_demos.jsonl", make_task_rows("upper", 4, seed=999))
+    variants = {
+        "random": ["method.selection=random"],
+        "supervised": ["method.kmeans_fit=demos"],
+        "input_only_demos": ["method.demo_outputs=false"],
+        "new_demos": [f"method.demos_override={{upper: {other_demos}}}"],
+        "icl_model": [f"method.icl_model={tiny_model_dir}"],
+    }
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(json.dumps(tiny_config(task_dir, tiny_model_dir, "ssr", **SSR_OPTS)))
+    for name, overrides in variants.items():
+        out = tmp_path / name
+        args = ["synth", str(cfg_path), "--task", "upper", "-o", str(out)] + [a for o in overrides for a in ("--set", o)]
+        assert main(args) == 0, name
+        candidates = read_jsonl(out / "synthetic" / "upper.candidates.jsonl")
+        prompts_demos = {tuple(c["demo_ids"]) for c in candidates}
+        if name == "new_demos":
+            assert all(d.startswith("upper-999-") for ids in prompts_demos for d in ids)
+        else:
+            assert all(d.startswith("upper-201-") for ids in prompts_demos for d in ids)  # the task's demos file
+        if name == "random":
+            assert all(c["cluster"] is None for c in candidates)
+        prompts = read_jsonl(out / "synthetic" / "upper.prompts.jsonl")
+        assert {p["id"] for p in prompts} == {c["prompt_id"] for c in candidates}  # every candidate traces to its prompt
+        assert all(("Output:" in p["text"]) == (name != "input_only_demos") for p in prompts)
+        # both artifacts load with `datasets`
+        for file in ("upper.candidates.jsonl", "upper.jsonl"):
+            path = out / "synthetic" / file
+            if path.stat().st_size:
+                ds = datasets.load_dataset("json", data_files=str(path), split="train")
+                assert len(ds) == len(read_jsonl(path))

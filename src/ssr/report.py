@@ -97,7 +97,7 @@ def seen_curve(runs: list[tuple[str, dict]], path: Path) -> None:
 def synthetic_examples(run_dir: Path, per_task: int = 3) -> list[tuple[str, dict]]:
     out = []
     for path in sorted((run_dir / "synthetic").glob("*.jsonl")):
-        if path.name.endswith(".candidates.jsonl"):
+        if path.stem.endswith((".candidates", ".prompts")):  # not the rehearsed data
             continue
         out += [(path.stem, row) for row in read_jsonl(path)[:per_task]]
     return out

@@ -3,6 +3,7 @@ in-context learning, the latest model rewrites their outputs, and a diverse subs
 in every later stage. No real training data of earlier tasks is kept beyond the demonstrations.
 
 Files per finished task (all resumable steps of the run):
+    synthetic/<task>.prompts.jsonl      every ICL prompt (id, demonstration ids, text)
     synthetic/<task>.candidates.jsonl   every parsed candidate: prompt, demos, continuation,
                                         input, base output, verdict, cluster, selected
     synthetic/<task>.stats.json         counts of prompts, generations and filter verdicts
@@ -39,7 +40,8 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
             demos = self.demos_for(task)
             with ctx.models.icl_model() as (model, tokenizer):
                 generator = ctx.models.generator(model, m.batch_size, tokenizer)
-                candidates, stats = synthesize(task, demos, generator, tokenizer, context_length(model), m, cfg.seed + stage.index)
+                candidates, stats, prompts = synthesize(task, demos, generator, tokenizer, context_length(model), m, cfg.seed + stage.index)
+            write_jsonl(folder / f"{task.name}.prompts.jsonl", [{"id": p.id, "demo_ids": list(p.demo_ids), "text": p.text} for p in prompts])
             write_json(folder / f"{task.name}.stats.json", stats)
             write_jsonl(cand_path, candidates)
         selected = sorted((c for c in candidates if c["selected"]), key=lambda c: c["selection_rank"])

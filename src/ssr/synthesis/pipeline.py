@@ -23,7 +23,7 @@ from ssr.generation import Generator, SamplingParams
 from ssr.models.templates import PromptTemplate
 from ssr.selection import select, target_size
 from ssr.synthesis.parser import parse_continuation
-from ssr.synthesis.prompts import build_icl_prompts
+from ssr.synthesis.prompts import IclPrompt, build_icl_prompts
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ KEPT = "kept"
 
 def generate_candidates(
     task: Task, demos: list[Instance], generator: Generator, tokenizer, context_length: int, cfg: MethodConfig, seed: int
-) -> tuple[list[dict], Counter]:
+) -> tuple[list[dict], Counter, list[IclPrompt]]:
     """Step 1 and parsing: one candidate row per parsed chunk, and one per empty or duplicate generation."""
     prompts = build_icl_prompts(task.definition, demos, cfg.n_shots, cfg.max_prompts, cfg.demo_outputs, seed)
     stats: Counter = Counter(prompts=len(prompts))
@@ -67,7 +67,7 @@ def generate_candidates(
                 candidates.append({**base, "input": item.input, "base_output": item.output, "verdict": None})
     for i, c in enumerate(candidates):
         c["candidate_id"] = i
-    return candidates, stats
+    return candidates, stats, prompts
 
 
 def filter_candidates(candidates: list[dict], task: Task, demos: list[Instance], tokenizer, cfg: MethodConfig) -> None:
@@ -120,10 +120,10 @@ def select_candidates(candidates: list[dict], demos: list[Instance], train_size:
 
 
 def synthesize(task: Task, demos: list[Instance], generator: Generator, tokenizer, context_length: int,
-               cfg: MethodConfig, seed: int) -> tuple[list[dict], dict]:
-    """Steps 1-3 for one task: the candidates (with verdicts and selection) and counts."""
+               cfg: MethodConfig, seed: int) -> tuple[list[dict], dict, list[IclPrompt]]:
+    """Steps 1-3 for one task: the candidates (with verdicts and selection), counts, and the prompts."""
     started = time.perf_counter()
-    candidates, stats = generate_candidates(task, demos, generator, tokenizer, context_length, cfg, seed)
+    candidates, stats, prompts = generate_candidates(task, demos, generator, tokenizer, context_length, cfg, seed)
     filter_candidates(candidates, task, demos, tokenizer, cfg)
     stats.update(Counter(f"verdict_{c['verdict']}" for c in candidates))
     stats["candidates"] = len(candidates)
@@ -131,7 +131,7 @@ def synthesize(task: Task, demos: list[Instance], generator: Generator, tokenize
     stats["selected"] = select_candidates(candidates, demos, len(task.train), cfg, seed)
     stats["seconds"] = round(time.perf_counter() - started, 1)
     log.info("task %s: synthesis %s", task.name, dict(stats))
-    return candidates, dict(stats)
+    return candidates, dict(stats), prompts
 
 
 def refine(selected: list[dict], definition: str, generator: Generator, template: PromptTemplate,
