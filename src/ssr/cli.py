@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from ssr.errors import SSRError
 
@@ -23,8 +24,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.reuse_first_stage:
-        from pathlib import Path
-
         from ssr.runner import share_first_stage
 
         if not share_first_stage(Path(args.reuse_first_stage), cfg, Path(args.output_dir)):
@@ -38,8 +37,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """SSR synthesis of one task on its own: candidates, stats and the rehearsal set."""
-    from pathlib import Path
-
     from ssr.config import load_config
     from ssr.data import load_task
     from ssr.errors import ConfigError
@@ -79,8 +76,6 @@ DEMO_METHODS = {
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The built-in demo: every method on the built-in tasks, then one report."""
-    from pathlib import Path
-
     from ssr.config import load_config
     from ssr.errors import ConfigError
     from ssr.report import build_report
@@ -109,8 +104,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ssr.report import build_report
 
     run_dirs = [Path(d) for d in args.run_dirs]
