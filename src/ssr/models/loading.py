@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ssr.errors import ConfigError
 from ssr.io import atomic_path
@@ -126,5 +126,3 @@ def context_length(model: PreTrainedModel) -> int:
             return value
     return 2048
 
-
-__all__ = ["ALIASES", "ModelSource", "resolve_model", "local_model_dir", "load_tokenizer", "load_base_model", "AutoConfig"]
