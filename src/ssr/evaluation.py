@@ -47,6 +47,22 @@ def score_predictions(rows: list[dict]) -> dict[str, float]:
     }
 
 
+def greedy_outputs(
+    generator: Generator,
+    template: PromptTemplate,
+    pairs: list[tuple[str, str]],
+    max_source_length: int,
+    max_new_tokens: int,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy outputs for (definition, input) pairs through the training template.
+
+    The one path by which a trained model answers: evaluation and SSR refinement both use it.
+    """
+    prompts = [template.prompt_ids(definition, input_, max_source_length) for definition, input_ in pairs]
+    return [out for (out,) in generator.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), desc=desc)]
+
+
 def predict(
     generator: Generator,
     template: PromptTemplate,
@@ -56,10 +72,10 @@ def predict(
     desc: str = "eval",
 ) -> list[dict]:
     """Greedy predictions for `instances`, each row scored against its references."""
-    prompts = [template.prompt_ids(inst.definition, inst.input, max_source_length) for inst in instances]
-    outputs = generator.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), desc=desc)
+    outputs = greedy_outputs(generator, template, [(i.definition, i.input) for i in instances],
+                             max_source_length, max_new_tokens, desc)
     rows = []
-    for inst, (prediction,) in zip(instances, outputs):
+    for inst, prediction in zip(instances, outputs):
         refs = inst.all_references
         rows.append(
             {

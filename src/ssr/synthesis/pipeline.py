@@ -19,6 +19,7 @@ import torch
 
 from ssr.config import MethodConfig
 from ssr.data.task import Instance, Task, training_row
+from ssr.evaluation import greedy_outputs
 from ssr.generation import Generator, SamplingParams
 from ssr.models.templates import PromptTemplate
 from ssr.selection import select, target_size
@@ -137,8 +138,8 @@ def synthesize(task: Task, demos: list[Instance], generator: Generator, tokenize
 def refine(selected: list[dict], definition: str, generator: Generator, template: PromptTemplate,
            max_source_length: int, max_new_tokens: int, desc: str = "refine") -> list[str]:
     """Step 4: the latest model's greedy outputs for the selected inputs (training template)."""
-    prompts = [template.prompt_ids(definition, c["input"], max_source_length) for c in selected]
-    return [out for (out,) in generator.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), desc=desc)]
+    pairs = [(definition, c["input"]) for c in selected]
+    return greedy_outputs(generator, template, pairs, max_source_length, max_new_tokens, desc)
 
 
 def rehearsal_rows(task: Task, selected: list[dict], outputs: list[str | None], refined: bool) -> list[dict]:
