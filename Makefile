@@ -6,6 +6,9 @@ BIN     := $(VENV)/bin
 # several GB of CUDA wheels; GPU users install their own torch before `make install`.
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
+# `make bench ORDERS=1,2,3 SEEDS=1,2` for the paper's three orders and several seeds.
+ORDERS  ?= 1
+SEEDS   ?=
 
 .PHONY: install test demo bench bench-quick clean
 
@@ -26,6 +29,11 @@ test: install
 
 demo: install
 	$(BIN)/ssr demo --output-dir runs/demo
+
+# The paper's 5-task protocol on ../shared/data/superni at CPU scale (~90 min for order 1 here);
+# every run is cached under runs/bench, so an interrupted benchmark resumes.
+bench: install
+	$(BIN)/python benchmarks/quality.py --orders $(ORDERS) $(if $(SEEDS),--seeds $(SEEDS)) --markdown BENCHMARKS.md
 
 bench-quick: install
 	$(BIN)/python benchmarks/throughput.py --markdown BENCHMARKS.md --json runs/bench/throughput.json

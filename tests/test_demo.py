@@ -27,10 +27,11 @@ def test_demo_runs_every_method_and_writes_the_report(tiny_model_dir, tmp_path, 
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.md'}" in printed
-    for method in ("sequential", "replay", "ssr", "mtl"):
-        results = json.loads((out / method / "results.json").read_text())
+    for variant, method in (("sequential", "sequential"), ("replay-random-10", "replay"), ("ssr", "ssr"), ("mtl", "mtl")):
+        results = json.loads((out / variant / "results.json").read_text())
         assert results["method"] == method and results["tasks"] == ["sentiment", "product", "city"]
-        assert method in printed
+        assert variant in printed
+    assert "reused" in printed  # replay and ssr start from sequential's stage 1
     report = (out / "report.md").read_text()
     assert "| sequential |" in report and "| replay (random, 10%) |" in report and "seen_average.png" in report
     assert (out / "seen_average.png").stat().st_size > 1000

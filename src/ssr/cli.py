@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -66,40 +67,57 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_METHODS = {
-    "sequential": [],
-    "replay": ["method.ratio=0.1", "method.selection=random"],
-    "ssr": ["method.ratio=0.1"],
-    "mtl": [],
-}
+DEMO_VARIANTS = ["sequential", "replay-random-10", "ssr", "mtl"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The built-in demo: every method on the built-in tasks, then one report."""
-    from ssr.config import load_config
+    """The built-in demo: the main methods on the built-in tasks, then one report."""
     from ssr.errors import ConfigError
     from ssr.report import build_report
-    from ssr.runner import run, share_first_stage
+    from ssr.sweep import run_sweep
 
-    methods = args.methods.split(",") if args.methods else list(DEMO_METHODS)
-    unknown = [m for m in methods if m not in DEMO_METHODS]
+    variants = args.methods.split(",") if args.methods else DEMO_VARIANTS
+    unknown = [m for m in variants if m not in DEMO_VARIANTS]
     if unknown:
-        raise ConfigError(f"--methods: unknown {unknown}; the demo runs {list(DEMO_METHODS)}")
+        raise ConfigError(f"--methods: unknown {unknown}; the demo runs {DEMO_VARIANTS}")
     out = Path(args.output_dir)
-    config_path = Path(__file__).parent / "configs" / "demo.yaml"
-    run_dirs = []
-    for method in methods:
-        cfg = load_config(config_path, [f"method.name={method}", *DEMO_METHODS[method], *args.overrides])
-        print(f"== {method} -> {out / method}", flush=True)
-        if run_dirs and share_first_stage(run_dirs[0], cfg, out / method):
-            print(f"   (base evaluation and stage 1 reused from {run_dirs[0]}: the same computation)")
-        results = run(cfg, out / method)
-        print(format_results(results), flush=True)
-        run_dirs.append(out / method)
+    run_sweep(Path(__file__).parent / "configs" / "demo.yaml", variants, out, overrides=args.overrides,
+              echo=lambda line: print(line, flush=True))
+    run_dirs = [out / v for v in variants]
     report = build_report(run_dirs, out, title="ssr demo: built-in tasks on SmolLM2-135M-Instruct")
     print()
     print(comparison_table(run_dirs))
     print(f"report: {report}")
+    return 0
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    from ssr.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 1,2,3") from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Methods x task orders x seeds, each a cached run; mean ± std per method."""
+    from ssr.report import build_report
+    from ssr.sweep import VARIANTS, run_sweep, summary_table
+
+    variants = args.methods.split(",") if args.methods else [v for v in VARIANTS if v != "single"]
+    orders = [tuple(o.split(",")) for o in args.order] or None
+    out = Path(args.output_dir)
+    summary = run_sweep(args.config, variants, out, orders, _parse_seeds(args.seeds), args.overrides,
+                        echo=lambda line: print(line, flush=True))
+    sweep = json.loads((out / "sweep.json").read_text())
+    finished = [out / r["path"] for r in sweep["runs"] if (out / r["path"] / "results.json").exists()]
+    report = build_report(finished, out, title=f"ssr sweep: {args.config}")
+    print()
+    print(summary_table(summary))
+    print(f"summary: {out / 'summary.md'}\nreport: {report}")
     return 0
 
 
@@ -172,10 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the built-in demo (every method) and write a report")
     p.add_argument("--output-dir", "-o", default="runs/demo")
-    p.add_argument("--methods", help=f"comma-separated subset of {','.join(DEMO_METHODS)}")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(DEMO_VARIANTS)}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the demo config")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="run methods x task orders x seeds (cached, resumable) and report mean ± std")
+    _add_config_args(p)
+    p.add_argument("--output-dir", "-o", required=True, help="sweep directory (rerun the same command to resume)")
+    p.add_argument("--methods", help="comma-separated variants: sequential, replay-random-1, replay-kmeans-1, "
+                                     "replay-random-10, replay-kmeans-10, ssr, mtl, single (default: all but single)")
+    p.add_argument("--order", action="append", default=[], metavar="T1,T2,...",
+                   help="a task order (comma-separated task names, repeatable; default: the config's order)")
+    p.add_argument("--seeds", metavar="S1,S2,...", help="comma-separated seeds (default: the config's seed)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="build a report (tables, heatmaps, curves) over run directories")
     p.add_argument("run_dirs", nargs="+", help="run directories (each with results.json)")

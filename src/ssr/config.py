@@ -40,6 +40,8 @@ class TaskConfig(_Strict):
     format: Literal["auto", "superni", "natural-instructions", "jsonl"] = "auto"
     definition: str | None = None
     """Overrides the definition found in the data (required for plain JSONL without `instruction`)."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    """Answer length for this task (evaluation and SSR refinement); default `eval.max_new_tokens`."""
 
     @field_validator("name")
     @classmethod
@@ -73,6 +75,9 @@ class EvalConfig(_Strict):
     max_examples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=16, ge=1)
     max_new_tokens: int = Field(default=128, ge=1)
+    schedule: Literal["all", "metrics"] = "all"
+    """`all`: every task after every stage (the full matrix, as in the paper). `metrics`: only
+    the cells AR, FWT and BWT use (task i after stages i-1 and i, every task after the last)."""
 
 
 class LoraSettings(_Strict):
@@ -150,8 +155,8 @@ class MethodConfig(_Strict):
     """Task name -> file of other demonstrations (the paper's "new demos" ablation)."""
     icl_model: str | None = None
     """Model that writes the synthetic inputs (default: the base model)."""
-    batch_size: int = Field(default=16, ge=1)
-    """Generation batch size for synthesis."""
+    batch_size: int = Field(default=48, ge=1)
+    """Sequences per generation batch in synthesis and refinement (each sample is a sequence)."""
 
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:

@@ -198,7 +198,7 @@ def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str], get_model) -
             cfg = ctx.cfg
             with ctx.timed(f"eval {stage.name} {name}"):
                 rows = evaluate_task(ctx.models.generator(get_model()), ctx.models.template, task,
-                                     cfg.train.max_source_length, cfg.eval.max_new_tokens)
+                                     cfg.train.max_source_length, task.max_new_tokens or cfg.eval.max_new_tokens)
                 write_jsonl(path, rows)
             log.info("stage %s, task %s: ROUGE-L %.2f", stage.name, name, score_predictions(rows)["rougeL"])
         scores[name] = score_predictions(read_jsonl(path))["rougeL"]
@@ -262,7 +262,7 @@ def _run(cfg: RunConfig, run_dir: Path) -> dict:
         **method.metrics(scores),
         "exact_match": _exact_match_matrix(ctx, method, plan),
         "train_stats": stage_stats,
-        "wall_seconds": _wall_seconds(run_dir),
+        "wall_seconds": wall_seconds(run_dir),
     }
     write_json(run_dir / "results.json", results)
     log.info("results: AR %s FWT %s BWT %s", results["AR"], results["FWT"], results["BWT"])
@@ -304,19 +304,22 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
         shutil.copytree(source / "stages" / name, target / "stages" / name)
     timings = source / "timings.jsonl"
     if timings.exists():
-        lines = [line for line in timings.read_text().splitlines()
-                 if line and json.loads(line)["step"].split(" ")[:2] in
-                 (["eval", BASE_STAGE.name], ["eval", first], ["train", first])]
-        (target / "timings.jsonl").write_text("".join(f"{line}\n" for line in lines))
+        steps = [json.loads(line) for line in timings.read_text().splitlines() if line.strip()]
+        copied = [{**s, "shared_from": str(source)} for s in steps
+                  if s["step"].split(" ")[:2] in (["eval", BASE_STAGE.name], ["eval", first], ["train", first])]
+        (target / "timings.jsonl").write_text("".join(json.dumps(s) + "\n" for s in copied))
     log.info("reused %s and %s from %s", BASE_STAGE.name, first, source)
     return True
 
 
-def _wall_seconds(run_dir: Path) -> float:
+def wall_seconds(run_dir: Path, own_only: bool = False) -> float:
+    """Seconds spent on the run's steps, summed over reruns; `own_only` leaves out the steps
+    copied from another run by `share_first_stage` (to total a sweep without counting them twice)."""
     path = run_dir / "timings.jsonl"
     if not path.exists():
         return 0.0
-    return round(sum(json.loads(line)["seconds"] for line in path.read_text().splitlines() if line.strip()), 1)
+    steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return round(sum(s["seconds"] for s in steps if not (own_only and "shared_from" in s)), 1)
 
 
 def _sources(rows: list[dict]) -> str:
@@ -327,4 +330,4 @@ def _sources(rows: list[dict]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
 
 
-__all__ = ["run", "RunContext", "ModelState", "RunDir", "evaluate_stage"]
+__all__ = ["run", "RunContext", "ModelState", "RunDir", "evaluate_stage", "share_first_stage", "wall_seconds"]

@@ -57,8 +57,9 @@ def embed(texts: list[str], model_name: str, batch_size: int = 64) -> np.ndarray
 
 
 def target_size(n_available: int, train_size: int, ratio: float | None, per_task: int | None) -> int:
-    """How many instances to keep: `per_task`, else `ratio` (default 0.1) x training size."""
-    wanted = per_task if per_task is not None else round((ratio if ratio is not None else 0.1) * train_size)
+    """How many instances to keep: `per_task`, else `ratio` (default 0.1) x training size,
+    rounded, and at least one: at small scale 1 % of a task would otherwise round to nothing."""
+    wanted = per_task if per_task is not None else max(1, round((ratio if ratio is not None else 0.1) * train_size))
     return max(0, min(n_available, wanted))
 
 

@@ -186,6 +186,7 @@ def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None
         task = builtin_task(task_cfg.name)
         task.train = task.train[: data_cfg.max_train_examples]
         task.eval = task.eval[:max_eval]
+        task.max_new_tokens = task_cfg.max_new_tokens
         return task
     policy = RowPolicy(skip_bad_rows=data_cfg.skip_bad_rows)
     fmt, given = task_cfg.format, task_cfg.definition
@@ -206,4 +207,5 @@ def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None
     if max_eval:
         evals = evals[:max_eval]
     definition = _check_one_definition(task_cfg.train or task_cfg.eval, train or evals, given)
-    return Task(task_cfg.name, definition, train, evals, demos, skipped_rows=policy.skipped)
+    return Task(task_cfg.name, definition, train, evals, demos, skipped_rows=policy.skipped,
+                max_new_tokens=task_cfg.max_new_tokens)

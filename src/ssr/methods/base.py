@@ -45,8 +45,16 @@ class Method:
         self.by_name = {t.name: t for t in tasks}
 
     def plan(self) -> list[Stage]:
+        return [Stage(i, f"{i}-{t.name}", (t.name,), fresh=i == 1, evaluate=self.evaluated_after(i))
+                for i, t in enumerate(self.tasks, 1)]
+
+    def evaluated_after(self, stage_index: int) -> tuple[str, ...]:
+        """Tasks scored after stage `stage_index` of a sequence: all of them, or with
+        `eval.schedule: metrics` only those AR / FWT / BWT read (a_i(i), a_{i+1}(i), a_j(T))."""
         names = tuple(t.name for t in self.tasks)
-        return [Stage(i, f"{i}-{t.name}", (t.name,), fresh=i == 1, evaluate=names) for i, t in enumerate(self.tasks, 1)]
+        if self.cfg.eval.schedule == "all" or stage_index == len(names):
+            return names
+        return names[stage_index - 1 : stage_index + 1]
 
     def new_rows(self, stage: Stage) -> list[dict]:
         return [training_row(inst, name, "new") for name in stage.tasks for inst in self.by_name[name].train]

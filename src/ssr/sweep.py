@@ -1,0 +1,170 @@
+"""`ssr sweep`: every method variant × task order × seed as its own cached run, then mean ± std.
+
+A sweep is a folder of ordinary run directories, so an interrupted sweep resumes run by run
+(and inside a run, step by step):
+
+    <out>/order-<k>/seed-<s>/<variant>/     one `ssr run` directory each
+    <out>/<variant>/                        the same, when the sweep has one order and one seed
+    <out>/sweep.json                        variants, orders, seeds and where each run lives
+    <out>/summary.json, summary.md          AR / FWT / BWT / wall time per variant: mean ± std
+
+Within one order and seed, the continual variants (sequential, replay, ssr) share the base
+evaluation and stage 1: plain fine-tuning on the first task is the same computation for all of
+them, so it is computed once (see `runner.share_first_stage`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from ssr.config import RunConfig, load_config, to_dict
+from ssr.errors import ConfigError
+from ssr.io import write_json, write_text
+from ssr.runner import run, share_first_stage
+
+log = logging.getLogger("ssr")
+
+# A variant is a method with its settings, named as in the paper's tables.
+VARIANTS: dict[str, dict[str, object]] = {
+    "sequential": {"name": "sequential"},
+    "replay-random-1": {"name": "replay", "selection": "random", "ratio": 0.01},
+    "replay-kmeans-1": {"name": "replay", "selection": "kmeans", "ratio": 0.01},
+    "replay-random-10": {"name": "replay", "selection": "random", "ratio": 0.1},
+    "replay-kmeans-10": {"name": "replay", "selection": "kmeans", "ratio": 0.1},
+    "ssr": {"name": "ssr", "ratio": 0.1},
+    "mtl": {"name": "mtl"},
+    "single": {"name": "single"},
+}
+PAPER_LABELS = {
+    "sequential": "Non-rehearsal (sequential)",
+    "replay-random-1": "RandSel (1 %)",
+    "replay-kmeans-1": "KMeansSel (1 %)",
+    "replay-random-10": "RandSel (10 %)",
+    "replay-kmeans-10": "KMeansSel (10 %)",
+    "ssr": "SSR",
+    "mtl": "MTL",
+    "single": "Single-task",
+}
+CONTINUAL = ("sequential", "replay", "ssr")  # methods whose stage 1 is plain fine-tuning on task 1
+
+
+def variant_overrides(variant: str) -> list[str]:
+    """`--set` lines that turn any config into `variant` (rehearsal keys cleared where unused)."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown method variant {variant!r}; known: {', '.join(VARIANTS)}")
+    settings = {"selection": None, "ratio": None, "per_task": None, **VARIANTS[variant]}
+    return [f"method.{k}={'null' if v is None else v}" for k, v in settings.items()]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    variant: str
+    order: tuple[str, ...]
+    order_label: str
+    seed: int
+    path: Path
+
+
+def reorder(cfg: RunConfig, order: tuple[str, ...], seed: int) -> RunConfig:
+    """`cfg` with its tasks in `order` (a permutation of the config's task names) and `seed`."""
+    by_name = {t.name: t for t in cfg.tasks}
+    if sorted(order) != sorted(by_name):
+        raise ConfigError(f"task order {','.join(order)} is not a permutation of the config's tasks {','.join(by_name)}")
+    raw = to_dict(cfg)
+    tasks = {t["name"]: t for t in raw["tasks"]}
+    raw["tasks"], raw["seed"] = [tasks[name] for name in order], seed
+    return RunConfig.model_validate(raw)
+
+
+def plan_sweep(config: str | Path, variants: list[str], orders: list[tuple[str, ...]] | None,
+               seeds: list[int] | None, out: Path, overrides: list[str] | None = None) -> list[tuple[SweepRun, RunConfig]]:
+    """Every (variant, order, seed) with its validated config, continual variants first within a group."""
+    overrides = overrides or []
+    settings = {v: variant_overrides(v) for v in variants}  # unknown names fail here, before any work
+    base = load_config(config, overrides)
+    orders = orders or [tuple(t.name for t in base.tasks)]
+    seeds = seeds or [base.seed]
+    flat = len(orders) == 1 and len(seeds) == 1
+    ranked = sorted(variants, key=lambda v: VARIANTS[v]["name"] not in CONTINUAL)  # stable: given order otherwise
+    planned = []
+    for k, order in enumerate(orders, 1):
+        for seed in seeds:
+            for variant in ranked:
+                cfg = reorder(load_config(config, [*overrides, *settings[variant]]), order, seed)
+                path = out / variant if flat else out / f"order-{k}" / f"seed-{seed}" / variant
+                planned.append((SweepRun(variant, order, f"order-{k}", seed, path), cfg))
+    return planned
+
+
+def run_sweep(config: str | Path, variants: list[str], out: str | Path, orders: list[tuple[str, ...]] | None = None,
+              seeds: list[int] | None = None, overrides: list[str] | None = None, echo=print) -> list[dict]:
+    """Run (or resume) every run of the sweep; write sweep.json and the summary; return the summaries."""
+    out = Path(out)
+    planned = plan_sweep(config, variants, orders, seeds, out, overrides)
+    write_json(out / "sweep.json", {
+        "config": str(config), "overrides": overrides or [], "variants": variants,
+        "runs": [{"variant": r.variant, "order": list(r.order), "order_label": r.order_label, "seed": r.seed,
+                  "path": str(r.path.relative_to(out))} for r, _ in planned],
+    })
+    first_stage_of: dict[tuple[str, int], Path] = {}  # (order, seed) -> a run whose stage 1 is done
+    for n, (sweep_run, cfg) in enumerate(planned, 1):
+        group = (sweep_run.order_label, sweep_run.seed)
+        echo(f"== [{n}/{len(planned)}] {sweep_run.variant}, {sweep_run.order_label} ({','.join(sweep_run.order)}), "
+             f"seed {sweep_run.seed} -> {sweep_run.path}")
+        source = first_stage_of.get(group)
+        if source is not None and share_first_stage(source, cfg, sweep_run.path):
+            echo(f"   base evaluation and stage 1 reused from {source} (the same computation)")
+        results = run(cfg, sweep_run.path)
+        echo(f"   AR {_fmt(results['AR'])}  FWT {_fmt(results['FWT'])}  BWT {_fmt(results['BWT'])}  "
+             f"{results['wall_seconds'] / 60:.1f} min")
+        if cfg.method.name in CONTINUAL:
+            first_stage_of.setdefault(group, sweep_run.path)
+    summary = summarize(out)
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", summary_table(summary) + "\n")
+    return summary
+
+
+def summarize(out: str | Path) -> list[dict]:
+    """Mean ± sample std of AR / FWT / BWT / wall time per variant over the finished runs of a sweep."""
+    out = Path(out)
+    sweep = json.loads((out / "sweep.json").read_text())
+    by_variant: dict[str, list[dict]] = {v: [] for v in sweep["variants"]}
+    for entry in sweep["runs"]:
+        path = out / entry["path"] / "results.json"
+        if path.exists():
+            by_variant[entry["variant"]].append(json.loads(path.read_text()))
+    rows = []
+    for variant, results in by_variant.items():
+        row: dict = {"variant": variant, "runs": len(results)}
+        for key in ("AR", "FWT", "BWT", "wall_seconds"):
+            values = [r[key] for r in results if r.get(key) is not None]
+            row[key] = statistics.mean(values) if values else None
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: float | None, std: float | None = None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.2f}" if std is None else f"{v:.2f} ± {std:.2f}"
+
+
+def summary_table(summary: list[dict]) -> str:
+    """Markdown: one row per variant, mean ± std over its runs (± only with 2 runs or more)."""
+    lines = ["| method | runs | AR | FWT | BWT | wall time (min) |", "|---|---:|---:|---:|---:|---:|"]
+    for row in summary:
+        wall = None if row["wall_seconds"] is None else row["wall_seconds"] / 60
+        wall_std = None if row["wall_seconds_std"] is None else row["wall_seconds_std"] / 60
+        lines.append(f"| {row['variant']} | {row['runs']} | {_fmt(row['AR'], row['AR_std'])} | "
+                     f"{_fmt(row['FWT'], row['FWT_std'])} | {_fmt(row['BWT'], row['BWT_std'])} | "
+                     f"{_fmt(wall, wall_std) if wall is not None else '–'} |")
+    return "\n".join(lines)
+
+
+__all__ = ["VARIANTS", "PAPER_LABELS", "variant_overrides", "plan_sweep", "run_sweep", "summarize", "summary_table"]
