@@ -6,7 +6,11 @@ measured side by side in one process on SmolLM2-135M-Instruct and the same promp
 - training: LoRA tokens/s and model FLOPs utilisation against this machine's matmul peak,
   measured here in the same run, fp32 and bf16;
 - evaluation: greedy generation, batched vs batch 1;
-- peak resident memory of each phase.
+- peak resident memory of each phase (and peak GPU memory on a GPU).
+
+`--model` takes any model directory; on a machine without SmolLM2's weights, a directory with
+its config and tokenizer and random weights times the same shapes (tokens/s do not depend on
+the weights' values, only on how many tokens are generated).
 
 The last lines are `synthesis_speedup: X`, `train_mfu: F`, `eval_speedup: X` (read by scripts).
 """
@@ -34,13 +38,22 @@ from ssr.synthesis import build_icl_prompts
 from ssr.training import tokenize_rows, train_stage
 
 MODEL = "smollm2-135m"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 @contextmanager
 def peak_rss(store: dict, key: str):
-    """Peak resident set size (MiB) of this process while the block runs (sampled every 20 ms)."""
+    """Peak resident set size (MiB) of this process while the block runs (sampled every 20 ms),
+    and on a GPU the peak of allocated GPU memory (`<key>_gpu`)."""
     proc, done = psutil.Process(), threading.Event()
     peak = [proc.memory_info().rss]
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
     def sample():
         while not done.is_set():
@@ -55,15 +68,20 @@ def peak_rss(store: dict, key: str):
         done.set()
         thread.join()
         store[key] = round(peak[0] / 2**20)
+        if DEVICE == "cuda":
+            store[f"{key}_gpu"] = round(torch.cuda.max_memory_allocated() / 2**20)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> float:
     """Achieved FLOP/s of a square matmul: this machine's practical peak for `dtype`."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    n = 8192 if DEVICE == "cuda" else n
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     a @ b
+    synchronize()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
+        synchronize()
         count += 1
     return 2 * n**3 * count / (time.perf_counter() - start)
 
@@ -79,7 +97,7 @@ def bench_synthesis(model, tokenizer, n_prompts: int, max_new: int, batch_size: 
     prompts = build_icl_prompts(task.definition, task.demos, max_prompts=n_prompts, seed=0)
     params = dict(do_sample=True, temperature=0.9, top_p=0.6, repetition_penalty=1.2)
     # the release's way: a text-generation pipeline, one prompt at a time
-    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device=-1)
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
     torch.manual_seed(0)
     with peak_rss(mem, "synthesis_pipeline_batch1"):
         start = time.perf_counter()
@@ -112,6 +130,16 @@ def bench_eval(model, tokenizer, n: int, max_new: int, batch_size: int, mem: dic
             seconds = time.perf_counter() - start
         result[f"eval_{name}_tokens_per_s"] = count_new_tokens(tokenizer, [o for (o,) in outs]) / seconds
     result["eval_speedup"] = result["eval_batched_tokens_per_s"] / result["eval_batch1_tokens_per_s"]
+    if DEVICE == "cuda":  # would bf16 weights pay for generation? (the project generates in fp32)
+        import copy
+
+        gen = HFGenerator(copy.deepcopy(model).to(torch.bfloat16), tokenizer, batch_size=batch_size, show_progress=False)
+        gen.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up: the first bf16 kernels load lazily
+        with peak_rss(mem, "eval_batched_bf16"):
+            start = time.perf_counter()
+            outs = gen.generate(prompts, SamplingParams(max_new_tokens=max_new, ignore_eos=True))
+            seconds = time.perf_counter() - start
+        result["eval_batched_bf16_tokens_per_s"] = count_new_tokens(tokenizer, [o for (o,) in outs]) / seconds
     return result
 
 
@@ -126,7 +154,7 @@ def train_flops_per_token(model, tokens: int, response_tokens: int) -> float:
     return 4 * linear + 6 * lm_head * response_tokens / tokens
 
 
-def bench_training(tokenizer, rows: list[dict], mem: dict) -> dict:
+def bench_training(model_name: str, tokenizer, rows: list[dict], mem: dict) -> dict:
     template = get_template("raw", tokenizer)
     examples = tokenize_rows(rows, template, 128, 16)
     response = sum(sum(1 for t in labels if t != -100) for _, labels in examples)
@@ -136,7 +164,7 @@ def bench_training(tokenizer, rows: list[dict], mem: dict) -> dict:
     # matmul is ~100x slower than fp32, so bf16 training is measured only where its peak is higher.
     precisions = ["fp32"] + (["bf16"] if result["matmul_peak_bf16_gflops"] > result["matmul_peak_fp32_gflops"] else [])
     for precision in precisions:
-        model = attach_lora(load_base_model(MODEL), LoraSettings(), seed=0)
+        model = attach_lora(load_base_model(model_name), LoraSettings(), seed=0)
         cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=8, grad_accum=1, max_source_length=128, max_target_length=16,
                           bf16="on" if precision == "bf16" else "off")
         with peak_rss(mem, f"train_{precision}"):
@@ -192,6 +220,7 @@ same precision, measured in the same run. Peak resident memory per phase (MiB):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=MODEL, help="model alias or directory (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--synth-tokens", type=int, default=48)
     parser.add_argument("--eval-examples", type=int, default=32)
@@ -199,14 +228,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--markdown", type=Path, help="update the throughput section of this file (BENCHMARKS.md)")
     args = parser.parse_args()
-    tokenizer = load_tokenizer(MODEL)
-    model = load_base_model(MODEL)
+    tokenizer = load_tokenizer(args.model)
+    model = load_base_model(args.model)
     mem: dict = {}
-    figures: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+    figures: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if DEVICE == "cuda" else "")}
     figures |= bench_synthesis(model, tokenizer, args.prompts, args.synth_tokens, batch_size=args.prompts, mem=mem)
     figures |= bench_eval(model, tokenizer, args.eval_examples, 8, batch_size=args.eval_examples, mem=mem)
     rows = [{"definition": i.definition, "input": i.input, "output": i.output} for i in builtin_task("product").train[: args.train_examples]]
-    figures |= bench_training(tokenizer, rows, mem)
+    figures |= bench_training(args.model, tokenizer, rows, mem)
     figures["peak_rss_mib"] = mem
     for key, value in figures.items():
         if key not in ("synthesis_speedup", "train_mfu", "eval_speedup"):

@@ -26,6 +26,7 @@ def test_target_size():
     assert target_size(500, 2000, None, None) == 200  # default ratio 0.1 of the training size
     assert target_size(100, 2000, 0.1, None) == 100  # capped by what is available
     assert target_size(500, 2000, None, 7) == 7
+    assert target_size(50, 48, 0.01, None) == 1  # 1 % of 48 rows rounds to 0: at least one is kept
 
 
 def _blobs(seed=0):

@@ -49,6 +49,9 @@ class GumbelTopP(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         logprobs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p >= 1.0:  # no nucleus: every token (rounding must not drop the tail)
+            gumbel = -torch.empty_like(logprobs).exponential_().log()
+            return (logprobs + gumbel).to(scores.dtype)
         k = min(self.k, logprobs.shape[-1])
         while True:
             top, index = logprobs.topk(k, dim=-1)  # sorted, most likely first

@@ -246,10 +246,11 @@ def _run(cfg: RunConfig, run_dir: Path) -> dict:
             return ctx.models.load_after(stage, before)
 
         stage_scores[stage.index] = evaluate_stage(ctx, stage, list(stage.evaluate), stage_model)
-        if method.needs_model_after(stage, ctx):
-            stage_model()
-        with ctx.timed(f"after {stage.name}"):
-            method.after_stage(stage, ctx)
+        if method.pending_after(stage, ctx):
+            if method.needs_model_after(stage, ctx):
+                stage_model()
+            with ctx.timed(f"after {stage.name}"):
+                method.after_stage(stage, ctx)
         stats_path = sdir / "train_stats.json"
         if stats_path.exists():
             stage_stats[stage.name] = json.loads(stats_path.read_text())

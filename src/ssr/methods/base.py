@@ -65,6 +65,10 @@ class Method:
     def after_stage(self, stage: Stage, ctx: RunContext) -> None:
         """Hook run after a stage is trained and evaluated (e.g. build a rehearsal set)."""
 
+    def pending_after(self, stage: Stage, ctx: RunContext) -> bool:
+        """Whether `after_stage` still has work to do (a resumed run skips finished work)."""
+        return False
+
     def needs_model_after(self, stage: Stage, ctx: RunContext) -> bool:
         """Whether `after_stage` still has work that needs the stage's model."""
         return False
@@ -100,12 +104,16 @@ class RehearsalMethod(Method):
     def build_rehearsal(self, task: Task, stage: Stage, ctx: RunContext) -> list[dict]:
         raise NotImplementedError
 
+    def pending_after(self, stage: Stage, ctx: RunContext) -> bool:
+        last = stage.index == len(self.tasks)  # nothing comes after the last stage
+        return not last and any(not self.rehearsal_path(ctx, t).exists() for t in stage.tasks)
+
     def needs_model_after(self, stage: Stage, ctx: RunContext) -> bool:
-        return self.uses_model and any(not self.rehearsal_path(ctx, t).exists() for t in stage.tasks)
+        return self.uses_model and self.pending_after(stage, ctx)
 
     def after_stage(self, stage: Stage, ctx: RunContext) -> None:
-        if stage.index == len(self.tasks):
-            return  # nothing comes after the last stage
+        if not self.pending_after(stage, ctx):
+            return
         for name in stage.tasks:
             path = self.rehearsal_path(ctx, name)
             if not path.exists():

@@ -1,0 +1,71 @@
+"""`ssr sweep`: variants x orders x seeds as cached runs, shared stage 1, mean ± std; and the
+metrics-only evaluation schedule, which must give the same AR / FWT / BWT as the full matrix."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import tiny_config
+from ssr.cli import main
+from ssr.config import load_config
+from ssr.errors import ConfigError
+from ssr.runner import run
+from ssr.sweep import run_sweep, summarize
+
+
+def _config_file(task_dir, model_dir, path, **eval_opts):
+    raw = tiny_config(task_dir, model_dir)
+    raw["eval"].update(eval_opts)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_sweep_runs_every_combination_once_and_summarises(task_dir, tiny_model_dir, tmp_path, capsys):
+    config = _config_file(task_dir, tiny_model_dir, tmp_path / "c.yaml", schedule="metrics")
+    out = tmp_path / "sweep"
+    args = ["sweep", str(config), "-o", str(out), "--methods", "replay-random-1,sequential",
+            "--order", "reverse,upper,count", "--order", "count,upper,reverse", "--seeds", "3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [(r["variant"], r["order"][0]) for r in sweep["runs"]] == [  # the later one reuses the first's stage 1
+        ("replay-random-1", "reverse"), ("sequential", "reverse"), ("replay-random-1", "count"), ("sequential", "count")]
+    for r in sweep["runs"]:
+        results = json.loads((out / r["path"] / "results.json").read_text())
+        assert results["tasks"] == r["order"] and results["BWT"] is not None
+        saved = yaml.safe_load((out / r["path"] / "config.yaml").read_text())
+        assert saved["seed"] == 3 and saved["method"]["ratio"] == (0.01 if r["variant"] != "sequential" else None)
+    sequential, replay = (out / "order-1" / "seed-3" / v for v in ("sequential", "replay-random-1"))
+    assert any("shared_from" in json.loads(line) for line in (sequential / "timings.jsonl").read_text().splitlines())
+    rows = [json.loads(x) for x in (replay / "stages" / "2-upper" / "train.jsonl").read_text().splitlines()]
+    assert sum(r["source"] == "replay" for r in rows) == 1  # 1 % of 12 rows, at least one
+    summary = {row["variant"]: row for row in json.loads((out / "summary.json").read_text())}
+    assert summary["sequential"]["runs"] == 2 and summary["sequential"]["AR_std"] is not None
+    assert "| sequential | 2 |" in (out / "summary.md").read_text() and "±" in printed
+    before = (sequential / "timings.jsonl").read_text()
+    assert main(args) == 0  # everything cached: nothing recomputed
+    assert (sequential / "timings.jsonl").read_text() == before
+    assert summarize(out) == list(summary.values())
+
+
+def test_sweep_rejects_unknown_variants_and_orders(task_dir, tiny_model_dir, tmp_path):
+    config = _config_file(task_dir, tiny_model_dir, tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="unknown method variant 'replay-5'"):
+        run_sweep(config, ["replay-5"], tmp_path / "s")
+    with pytest.raises(ConfigError, match="not a permutation"):
+        run_sweep(config, ["sequential"], tmp_path / "s", orders=[("reverse", "upper")])
+    assert main(["sweep", str(config), "-o", str(tmp_path / "s"), "--seeds", "one"]) == 2
+
+
+def test_metrics_schedule_gives_the_full_matrix_metrics(task_dir, tiny_model_dir, tmp_path):
+    raw = tiny_config(task_dir, tiny_model_dir)
+    raw["tasks"][2]["max_new_tokens"] = 1
+    full = run(load_config(None, raw=raw), tmp_path / "full")
+    raw["eval"]["schedule"] = "metrics"
+    lean = run(load_config(None, raw=raw), tmp_path / "lean")
+    assert {k: lean[k] for k in ("AR", "FWT", "BWT")} == {k: full[k] for k in ("AR", "FWT", "BWT")}
+    assert lean["scores"][1] == [full["scores"][1][0], full["scores"][1][1], None]  # task 3 not needed after stage 1
+    assert lean["scores"][3] == full["scores"][3] and lean["scores"][0] == full["scores"][0]
+    count = [json.loads(x) for x in (tmp_path / "lean" / "stages" / "3-count" / "predictions" / "count.jsonl").read_text().splitlines()]
+    assert all(len(r["prediction"].split()) <= 1 for r in count)  # tasks[].max_new_tokens = 1
