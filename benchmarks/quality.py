@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import shlex
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from markdown_section import replace_section
 from ssr.config import load_config
 from ssr.report import build_report
 from ssr.runner import wall_seconds
@@ -60,6 +62,25 @@ def final_scores(out: Path, sweep: dict, variant: str) -> dict[str, list[float]]
     return scores
 
 
+def final_predictions(run_dir: Path) -> dict[str, dict[str, float]]:
+    """task -> {row id: ROUGE-L} of the run's last model."""
+    last = max((run_dir / "stages").iterdir(), key=lambda d: int(d.name.split("-")[0]))
+    return {p.stem: {r["id"]: 100 * r["rougeL"] for r in map(json.loads, p.read_text().splitlines()) if r}
+            for p in (last / "predictions").glob("*.jsonl")}
+
+
+def paired_ar_difference(a: Path, b: Path) -> tuple[float, float]:
+    """AR of run a minus AR of run b, and its standard error, pairing the same evaluation rows:
+    how far apart two methods are, against how much 24 rows per task can tell."""
+    pa, pb = final_predictions(a), final_predictions(b)
+    means, variances = [], []
+    for task in pa:
+        diffs = [pa[task][i] - pb[task][i] for i in pa[task]]
+        means.append(statistics.mean(diffs))
+        variances.append(statistics.variance(diffs) / len(diffs) if len(diffs) > 1 else 0.0)
+    return statistics.mean(means), (sum(variances) ** 0.5) / len(means)
+
+
 def synthesis_stats(out: Path, sweep: dict) -> list[str]:
     lines = []
     for entry in sweep["runs"]:
@@ -82,9 +103,9 @@ def verdict(summary: dict[str, dict]) -> str:
         return "Not every method has finished; rerun `make bench` to complete the table."
     best_ar = max(real, key=lambda r: r["AR"])
     best_bwt = max(real, key=lambda r: r["BWT"])
-    forgets = seq["BWT"] < 0
+    forgets = "forgets" if seq["BWT"] < -5 else "forgets slightly" if seq["BWT"] < 0 else "does not forget"
     parts = [
-        f"Sequential fine-tuning {'forgets' if forgets else 'does not forget'} here (BWT {seq['BWT']:.2f}; the paper's 7B: −42.39).",
+        f"Sequential fine-tuning {forgets} here (BWT {seq['BWT']:.2f}; the paper's 7B: −42.39).",
         f"SSR's AR {ssr['AR']:.2f} is {'at or above' if ssr['AR'] >= best_ar['AR'] else 'below'} the best real-data "
         f"rehearsal ({best_ar['variant']}, {best_ar['AR']:.2f}); its BWT {ssr['BWT']:.2f} is "
         f"{'at or above' if ssr['BWT'] >= best_bwt['BWT'] else 'below'} the best real-data BWT ({best_bwt['variant']}, {best_bwt['BWT']:.2f}).",
@@ -95,24 +116,13 @@ def verdict(summary: dict[str, dict]) -> str:
     return " ".join(parts)
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1:] if end != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
-
-
 def section(out: Path, command: str, started: str, orders: list[int], seeds: list[int] | None, overrides: list[str]) -> str:
     sweep = json.loads((out / "sweep.json").read_text())
     summary = {row["variant"]: row for row in json.loads((out / "summary.json").read_text())}
     cfg = load_config(CONFIG, overrides)
     total = sum(wall_seconds(out / r["path"], own_only=True) for r in sweep["runs"])
     lines = [SECTION, "",
-             f"Measured {started} on {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
+             f"Measured from {sweep.get('started', started)} (last invocation {started}) on {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
              f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__} ({torch.get_num_threads()} threads), "
              f"no GPU, fp32. Command: `{command}`. Runs, predictions and plots: `{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/report.md`.",
              "",
@@ -152,10 +162,28 @@ def section(out: Path, command: str, started: str, orders: list[int], seeds: lis
         if scores:
             lines.append(f"| {PAPER_LABELS[variant]} | " + " | ".join(
                 fmt(sum(scores[t.name]) / len(scores[t.name])) if t.name in scores else "–" for t in cfg.tasks) + " |")
+    first_run = {r["variant"]: out / r["path"] for r in reversed(sweep["runs"]) if (out / r["path"] / "results.json").exists()}
+    if "sequential" in first_run and len(first_run) > 1:
+        lines += ["", f"AR difference from sequential fine-tuning, ± its standard error over the paired evaluation rows "
+                      f"({sweep['runs'][0]['order_label']}, seed {sweep['runs'][0]['seed']}): differences within about two "
+                      "standard errors are not resolved by this many evaluation rows.", "",
+                  "| method | AR − sequential AR |", "|---|---:|"]
+        for variant in METHODS:
+            if variant != "sequential" and variant in first_run:
+                diff, se = paired_ar_difference(first_run[variant], first_run["sequential"])
+                lines.append(f"| {PAPER_LABELS[variant]} | {diff:+.2f} ± {se:.2f} |")
     stats = synthesis_stats(out, sweep)
     if stats:
         lines += ["", "SSR synthesis per task: " + "; ".join(stats) + "."]
-    lines += ["", f"**Reading.** {verdict(summary)}", ""]
+    reading = verdict(summary)
+    replays = [v for v in METHODS if v.startswith("replay") and v in first_run]
+    if "ssr" in first_run and replays:
+        best = max(replays, key=lambda v: summary[v]["AR"])
+        diff, se = paired_ar_difference(first_run["ssr"], first_run[best])
+        resolved = "resolved" if abs(diff) > 2 * se else "not resolved"
+        reading += (f" Paired over the same evaluation rows, SSR − {best} is {diff:+.2f} ± {se:.2f} AR: "
+                    f"{resolved} at two standard errors.")
+    lines += ["", f"**Reading.** {reading}", ""]
     return "\n".join(lines)
 
 
@@ -181,7 +209,7 @@ def main() -> None:
     print(f"report: {report}; this invocation took {(time.perf_counter() - t0) / 60:.1f} min")
     if args.markdown:
         command = " ".join(["python benchmarks/quality.py", *(shlex.quote(a) for a in sys.argv[1:])])
-        write_section(args.markdown, section(args.output_dir, command, started, orders, seeds, args.overrides))
+        replace_section(args.markdown, SECTION, section(args.output_dir, command, started, orders, seeds, args.overrides))
         print(f"updated {args.markdown}")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from markdown_section import replace_section
 from ssr.config import LoraSettings, TrainConfig
 from ssr.data.builtin import builtin_task
 from ssr.generation import HFGenerator, SamplingParams
@@ -208,14 +209,7 @@ projection only where a response token is predicted) over the peak of a 1024² m
 same precision, measured in the same run. Peak resident memory per phase (MiB):
 {', '.join(f'{k} {v}' for k, v in mem.items())}.
 """
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1:] if end != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
+    replace_section(path, SECTION, body)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ A sweep is a folder of ordinary run directories, so an interrupted sweep resumes
 
     <out>/order-<k>/seed-<s>/<variant>/     one `ssr run` directory each
     <out>/<variant>/                        the same, when the sweep has one order and one seed
-    <out>/sweep.json                        variants, orders, seeds and where each run lives
+    <out>/sweep.json                        when it started, variants, orders, seeds, where each run lives
     <out>/summary.json, summary.md          AR / FWT / BWT / wall time per variant: mean ± std
 
 Within one order and seed, the continual variants (sequential, replay, ssr) share the base
@@ -19,6 +19,7 @@ import json
 import logging
 import statistics
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ssr.config import RunConfig, load_config, to_dict
@@ -105,7 +106,9 @@ def run_sweep(config: str | Path, variants: list[str], out: str | Path, orders: 
     """Run (or resume) every run of the sweep; write sweep.json and the summary; return the summaries."""
     out = Path(out)
     planned = plan_sweep(config, variants, orders, seeds, out, overrides)
+    previous = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
     write_json(out / "sweep.json", {
+        "started": previous.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": str(config), "overrides": overrides or [], "variants": variants,
         "runs": [{"variant": r.variant, "order": list(r.order), "order_label": r.order_label, "seed": r.seed,
                   "path": str(r.path.relative_to(out))} for r, _ in planned],
