@@ -25,7 +25,7 @@ from markdown_section import replace_section
 from ssr.config import load_config
 from ssr.report import build_report
 from ssr.runner import wall_seconds
-from ssr.sweep import PAPER_LABELS, run_sweep, summary_table
+from ssr.sweep import PAPER_LABELS, finished_runs, run_sweep, summary_table
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "bench-superni.yaml"
@@ -202,9 +202,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run_sweep(CONFIG, args.methods.split(","), args.output_dir, [PAPER_ORDERS[o] for o in orders], seeds,
               args.overrides, echo=lambda line: print(line, flush=True))
-    sweep = json.loads((args.output_dir / "sweep.json").read_text())
-    finished = [args.output_dir / r["path"] for r in sweep["runs"] if (args.output_dir / r["path"] / "results.json").exists()]
-    report = build_report(finished, args.output_dir, title="ssr benchmark: SuperNI, 5 tasks, SmolLM2-135M-Instruct")
+    report = build_report(finished_runs(args.output_dir), args.output_dir, title="ssr benchmark: SuperNI, 5 tasks, SmolLM2-135M-Instruct")
     print(summary_table(json.loads((args.output_dir / "summary.json").read_text())))
     print(f"report: {report}; this invocation took {(time.perf_counter() - t0) / 60:.1f} min")
     if args.markdown:

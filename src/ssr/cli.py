@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -51,7 +50,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     entry = next((t for t in cfg.tasks if t.name == args.task), None)
     if entry is None:
         raise ConfigError(f"--task {args.task!r} is not in the config (tasks: {[t.name for t in cfg.tasks]})")
-    task = load_task(entry, cfg.data, cfg.method.n_demos, cfg.eval.max_examples)
+    task = load_task(entry, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens)
     out = Path(args.output_dir)
     models = ModelState(cfg, out)
     models.base()
@@ -105,16 +104,14 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Methods x task orders x seeds, each a cached run; mean ± std per method."""
     from ssr.report import build_report
-    from ssr.sweep import VARIANTS, run_sweep, summary_table
+    from ssr.sweep import VARIANTS, finished_runs, run_sweep, summary_table
 
     variants = args.methods.split(",") if args.methods else [v for v in VARIANTS if v != "single"]
     orders = [tuple(o.split(",")) for o in args.order] or None
     out = Path(args.output_dir)
     summary = run_sweep(args.config, variants, out, orders, _parse_seeds(args.seeds), args.overrides,
                         echo=lambda line: print(line, flush=True))
-    sweep = json.loads((out / "sweep.json").read_text())
-    finished = [out / r["path"] for r in sweep["runs"] if (out / r["path"] / "results.json").exists()]
-    report = build_report(finished, out, title=f"ssr sweep: {args.config}")
+    report = build_report(finished_runs(out), out, title=f"ssr sweep: {args.config}")
     print()
     print(summary_table(summary))
     print(f"summary: {out / 'summary.md'}\nreport: {report}")

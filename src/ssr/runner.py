@@ -198,7 +198,7 @@ def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str], get_model) -
             cfg = ctx.cfg
             with ctx.timed(f"eval {stage.name} {name}"):
                 rows = evaluate_task(ctx.models.generator(get_model()), ctx.models.template, task,
-                                     cfg.train.max_source_length, task.max_new_tokens or cfg.eval.max_new_tokens)
+                                     cfg.train.max_source_length, task.max_new_tokens)
                 write_jsonl(path, rows)
             log.info("stage %s, task %s: ROUGE-L %.2f", stage.name, name, score_predictions(rows)["rougeL"])
         scores[name] = score_predictions(read_jsonl(path))["rougeL"]
@@ -218,7 +218,7 @@ def run(cfg: RunConfig, output_dir: str | Path) -> dict:
 
 
 def _run(cfg: RunConfig, run_dir: Path) -> dict:
-    tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples) for t in cfg.tasks]
+    tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens) for t in cfg.tasks]
     method: Method = get_method(cfg.method.name)(cfg, tasks)
     ctx = RunContext(cfg, run_dir, tasks, ModelState(cfg, run_dir))
     log.info("run %s: method %s, tasks %s", run_dir, method.name, [t.name for t in tasks])

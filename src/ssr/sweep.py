@@ -132,6 +132,13 @@ def run_sweep(config: str | Path, variants: list[str], out: str | Path, orders: 
     return summary
 
 
+def finished_runs(out: str | Path) -> list[Path]:
+    """Run directories of a sweep that have their results, in sweep order."""
+    out = Path(out)
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    return [out / r["path"] for r in runs if (out / r["path"] / "results.json").exists()]
+
+
 def summarize(out: str | Path) -> list[dict]:
     """Mean ± sample std of AR / FWT / BWT / wall time per variant over the finished runs of a sweep."""
     out = Path(out)
@@ -170,4 +177,4 @@ def summary_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["VARIANTS", "PAPER_LABELS", "variant_overrides", "plan_sweep", "run_sweep", "summarize", "summary_table"]
+__all__ = ["VARIANTS", "PAPER_LABELS", "variant_overrides", "plan_sweep", "run_sweep", "summarize", "summary_table", "finished_runs"]

@@ -178,15 +178,16 @@ def _check_one_definition(path: str, instances: list[Instance], given: str | Non
     return first
 
 
-def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None) -> Task:
-    """Build a Task from its config entry: train, eval and demos, capped as configured."""
+def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None, max_new_tokens: int = 128) -> Task:
+    """Build a Task from its config entry: train, eval and demos, capped as configured.
+    `max_new_tokens` is the run's answer length, used where the task sets none."""
     if task_cfg.builtin:
         from ssr.data.builtin import builtin_task
 
         task = builtin_task(task_cfg.name)
         task.train = task.train[: data_cfg.max_train_examples]
         task.eval = task.eval[:max_eval]
-        task.max_new_tokens = task_cfg.max_new_tokens
+        task.max_new_tokens = task_cfg.max_new_tokens or max_new_tokens
         return task
     policy = RowPolicy(skip_bad_rows=data_cfg.skip_bad_rows)
     fmt, given = task_cfg.format, task_cfg.definition
@@ -208,4 +209,4 @@ def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None
         evals = evals[:max_eval]
     definition = _check_one_definition(task_cfg.train or task_cfg.eval, train or evals, given)
     return Task(task_cfg.name, definition, train, evals, demos, skipped_rows=policy.skipped,
-                max_new_tokens=task_cfg.max_new_tokens)
+                max_new_tokens=task_cfg.max_new_tokens or max_new_tokens)

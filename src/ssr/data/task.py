@@ -29,8 +29,8 @@ class Task:
     demos: list[Instance] = field(default_factory=list)
     """The small pool of real demonstrations SSR may keep (20 in the paper)."""
     skipped_rows: int = 0
-    max_new_tokens: int | None = None
-    """Answer length for generation (None: the run's `eval.max_new_tokens`)."""
+    max_new_tokens: int = 128
+    """Answer length for generation: the task's `max_new_tokens`, else the run's `eval.max_new_tokens`."""
 
 
 def training_row(instance: Instance, task: str, source: str, **extra) -> dict:

@@ -48,7 +48,7 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
         if m.refine:
             latest = ctx.models.model  # the runner loaded the model right after this task's stage
             outputs = refine(selected, task.definition, ctx.models.generator(latest, m.batch_size),
-                             ctx.models.template, cfg.train.max_source_length, task.max_new_tokens or cfg.eval.max_new_tokens,
+                             ctx.models.template, cfg.train.max_source_length, task.max_new_tokens,
                              desc=f"refine {task.name}")
         else:
             outputs = [c["base_output"] for c in selected]
