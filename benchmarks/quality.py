@@ -26,6 +26,7 @@ from ssr.config import load_config
 from ssr.report import build_report
 from ssr.runner import wall_seconds
 from ssr.sweep import PAPER_LABELS, finished_runs, run_sweep, summary_table
+from ssr.sweep import format_mean_std as fmt
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "bench-superni.yaml"
@@ -42,12 +43,6 @@ PAPER_7B = {
     "ssr": (52.16, -0.79),
 }
 SECTION = "## Quality: the paper's protocol at CPU scale (`make bench`)"
-
-
-def fmt(v: float | None, std: float | None = None) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.2f}" if std is None else f"{v:.2f} ± {std:.2f}"
 
 
 def final_scores(out: Path, sweep: dict, variant: str) -> dict[str, list[float]]:

@@ -122,7 +122,7 @@ def run_sweep(config: str | Path, variants: list[str], out: str | Path, orders: 
         if source is not None and share_first_stage(source, cfg, sweep_run.path):
             echo(f"   base evaluation and stage 1 reused from {source} (the same computation)")
         results = run(cfg, sweep_run.path)
-        echo(f"   AR {_fmt(results['AR'])}  FWT {_fmt(results['FWT'])}  BWT {_fmt(results['BWT'])}  "
+        echo(f"   AR {format_mean_std(results['AR'])}  FWT {format_mean_std(results['FWT'])}  BWT {format_mean_std(results['BWT'])}  "
              f"{results['wall_seconds'] / 60:.1f} min")
         if cfg.method.name in CONTINUAL:
             first_stage_of.setdefault(group, sweep_run.path)
@@ -159,7 +159,8 @@ def summarize(out: str | Path) -> list[dict]:
     return rows
 
 
-def _fmt(v: float | None, std: float | None = None) -> str:
+def format_mean_std(v: float | None, std: float | None = None) -> str:
+    """`12.34`, `12.34 ± 0.56` with a std, `–` for a missing value."""
     if v is None:
         return "–"
     return f"{v:.2f}" if std is None else f"{v:.2f} ± {std:.2f}"
@@ -171,10 +172,10 @@ def summary_table(summary: list[dict]) -> str:
     for row in summary:
         wall = None if row["wall_seconds"] is None else row["wall_seconds"] / 60
         wall_std = None if row["wall_seconds_std"] is None else row["wall_seconds_std"] / 60
-        lines.append(f"| {row['variant']} | {row['runs']} | {_fmt(row['AR'], row['AR_std'])} | "
-                     f"{_fmt(row['FWT'], row['FWT_std'])} | {_fmt(row['BWT'], row['BWT_std'])} | "
-                     f"{_fmt(wall, wall_std) if wall is not None else '–'} |")
+        lines.append(f"| {row['variant']} | {row['runs']} | {format_mean_std(row['AR'], row['AR_std'])} | "
+                     f"{format_mean_std(row['FWT'], row['FWT_std'])} | {format_mean_std(row['BWT'], row['BWT_std'])} | "
+                     f"{format_mean_std(wall, wall_std)} |")
     return "\n".join(lines)
 
 
-__all__ = ["VARIANTS", "PAPER_LABELS", "variant_overrides", "plan_sweep", "run_sweep", "summarize", "summary_table", "finished_runs"]
+__all__ = ["VARIANTS", "PAPER_LABELS", "variant_overrides", "plan_sweep", "run_sweep", "summarize", "summary_table", "finished_runs", "format_mean_std"]
