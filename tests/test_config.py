@@ -17,17 +17,17 @@ def test_defaults_follow_the_paper():
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(ConfigError, match=r"cfg: train.lrr: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"cfg: field 'train.lrr': Extra inputs are not permitted"):
         validate({**BASE, "train": {"lrr": 1}}, "cfg")
 
 
 def test_bad_value_names_field_and_value():
-    with pytest.raises(ConfigError, match=r"method.name: .*got 'magic'"):
+    with pytest.raises(ConfigError, match=r"field 'method.name': .*got 'magic'"):
         validate({**BASE, "method": {"name": "magic"}})
 
 
 def test_missing_tasks():
-    with pytest.raises(ConfigError, match=r"tasks: Field required"):
+    with pytest.raises(ConfigError, match=r"field 'tasks': Field required"):
         validate({})
 
 

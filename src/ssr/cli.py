@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -23,13 +24,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ssr.runner import run
 
     cfg = load_config(args.config, args.overrides)
-    if args.reuse_first_stage:
-        from ssr.runner import share_first_stage
 
-        if not share_first_stage(Path(args.reuse_first_stage), cfg, Path(args.output_dir)):
+    def note(shared: bool) -> None:
+        if not shared:
             print(f"note: stage 1 of {args.reuse_first_stage} not reused (not finished, another training "
                   "setting, or this run has begun)", file=sys.stderr)
-    results = run(cfg, args.output_dir)
+
+    reuse = Path(args.reuse_first_stage) if args.reuse_first_stage else None
+    results = run(cfg, args.output_dir, reuse_from=reuse, on_reuse=note)
     print(format_results(results))
     print(f"results: {os.path.join(args.output_dir, 'results.json')}")
     return 0
@@ -43,7 +45,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from ssr.io import write_jsonl
     from ssr.methods import Stage
     from ssr.methods.ssr import SelfSynthesizedRehearsal
-    from ssr.models.lora import load_adapter
     from ssr.runner import ModelState, RunContext
 
     cfg = load_config(args.config, args.overrides)
@@ -55,7 +56,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     models = ModelState(cfg, out)
     models.base()
     if args.adapter:  # refine with a fine-tuned model, e.g. stages/<i>-<task>/adapter of a run
-        models.model = load_adapter(models.model, args.adapter, trainable=False)
+        models.model = models.load_adapter(models.model, Path(args.adapter), trainable=False)
     method = SelfSynthesizedRehearsal(cfg, [task])
     ctx = RunContext(cfg, out, [task], models)
     rows = method.build_rehearsal(task, Stage(1, f"1-{task.name}", (task.name,)), ctx)
@@ -146,9 +147,22 @@ def comparison_table(run_dirs) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """A dry run: the config, every data file and the method's plan, no model. Prints the
+    resolved config and what `ssr run` would do."""
     from ssr.config import load_config, to_yaml
+    from ssr.runner import prepare
 
-    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    cfg = load_config(args.config, args.overrides)
+    _, method = prepare(cfg)
+    print(to_yaml(cfg), end="")
+    print(f"# ok: {len(cfg.tasks)} tasks, data and plan valid; `ssr run` would do:")
+    print(f"#   evaluate the base model on {', '.join(t.name for t in method.tasks)}")
+    approx = " (at most)" if method.name == "ssr" else ""
+    for stage in method.plan():
+        rows = method.planned_rows(stage)
+        parts = ", ".join(f"{k} {v}" for k, v in rows.items())
+        print(f"#   stage {stage.name}: train on {sum(rows.values())} rows{approx if len(rows) > len(stage.tasks) else ''} "
+              f"({parts}); evaluate {', '.join(stage.evaluate)}")
     return 0
 
 
@@ -207,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", "-o", help="where report.md goes (default: the parent of the first run)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("validate", help="validate a config and print it resolved")
+    p = sub.add_parser("validate", help="check a config, its data files and the method's plan (no model); "
+                                        "print it resolved and what would run")
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
     return parser
@@ -221,14 +236,29 @@ def main(argv: list[str] | None = None) -> int:
         handler.setLevel(level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not the user's concern
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except SSRError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # SIGINT (Ctrl-C), or SIGTERM through `_terminate`
+        code = err.exit_code if isinstance(err, Terminated) else 130
+        print(f"interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}): finished steps are saved; "
+              "rerun the same command to resume", file=sys.stderr)
+        return code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every `finally` runs (temporaries removed, lock released)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":

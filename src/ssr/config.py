@@ -7,24 +7,36 @@ overrides any key before validation (the value is parsed as YAML: `--set train.l
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ssr.errors import ConfigError
 
 METHODS = ("sequential", "replay", "mtl", "single", "ssr")
+MAX_TASK_NAME_BYTES = 100
+"""A task name is part of file names (`synthetic/<task>.candidates.jsonl`, temporaries): well
+under the usual 255-byte limit of a file name."""
+TASK_NAME_PATTERN = re.compile(r"\w[\w.+-]*")
+MAX_SEED = 2**31 - 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `epochs: yes` or `batch_size: 2.5` are errors, not silently 1.0 / 2;
+    # allow_inf_nan=False: `epochs: .inf` is refused here, not at training time.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
-    name: str = "smollm2-135m"
+    name: str = Field(default="smollm2-135m", min_length=1)
     """Alias (`smollm2-135m`), Hugging Face id, local directory, or a `.gguf` file."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with a model (its own modelling files); off unless set."""
+    allow_pickle: bool = False
+    """Load weights and adapters from pickle files (`.bin`, `.pt`); by default only safetensors."""
     template: Literal["auto", "raw", "chat", "alpaca", "llama2"] = "auto"
     cache_dir: str | None = None
     """Where GGUF models are converted to safetensors once (default: $SSR_CACHE or ~/.cache/ssr)."""
@@ -38,7 +50,7 @@ class TaskConfig(_Strict):
     eval: str | None = None
     demos: str | None = None
     format: Literal["auto", "superni", "natural-instructions", "jsonl"] = "auto"
-    definition: str | None = None
+    definition: str | None = Field(default=None, pattern=r"\S")
     """Overrides the definition found in the data (required for plain JSONL without `instruction`)."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Answer length for this task (evaluation and SSR refinement); default `eval.max_new_tokens`."""
@@ -46,8 +58,12 @@ class TaskConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if "/" in v or v.startswith("."):
-            raise ValueError("a task name is used as a file name: no '/' and no leading '.'")
+        if not TASK_NAME_PATTERN.fullmatch(v):
+            raise ValueError("a task name is used in file names: letters, digits, '_', '.', '+', '-', "
+                             "starting with a letter, digit or '_'")
+        if len(v.encode("utf-8")) > MAX_TASK_NAME_BYTES:
+            raise ValueError(f"a task name is used in file names: at most {MAX_TASK_NAME_BYTES} bytes, "
+                             f"got {len(v.encode('utf-8'))}")
         return v
 
     @model_validator(mode="after")
@@ -124,7 +140,7 @@ class MethodConfig(_Strict):
     per_task: int | None = Field(default=None, ge=1)
     """Rehearsal size as a fixed count per task (instead of `ratio`)."""
     n_clusters: int = Field(default=20, ge=1)
-    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_model: str = Field(default="all-MiniLM-L6-v2", min_length=1)
     """sentence-transformers model: the packaged all-MiniLM-L6-v2, any model id or a path."""
 
     # --- SSR (ignored by the other methods) ---
@@ -151,9 +167,9 @@ class MethodConfig(_Strict):
     """`demos` = supervised K-means: centroids from the real demonstrations."""
     demo_outputs: bool = True
     """False = input-only demonstrations in the ICL prompt (ablation)."""
-    demos_override: dict[str, str] | None = None
+    demos_override: dict[str, Annotated[str, Field(min_length=1)]] | None = None
     """Task name -> file of other demonstrations (the paper's "new demos" ablation)."""
-    icl_model: str | None = None
+    icl_model: str | None = Field(default=None, min_length=1)
     """Model that writes the synthetic inputs (default: the base model)."""
     batch_size: int = Field(default=48, ge=1)
     """Sequences per generation batch in synthesis and refinement (each sample is a sequence)."""
@@ -175,13 +191,27 @@ class MethodConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     model: ModelConfig = Field(default_factory=ModelConfig)
     tasks: list[TaskConfig] = Field(min_length=1)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
+    _source: str = PrivateAttr(default="config")
+    _lines: dict[tuple, int] = PrivateAttr(default_factory=dict)
+
+    def where(self, *loc: str | int) -> str:
+        """`file:line` of a config key, for problems found after validation (the plan checks):
+        the line of the key, else of its nearest parent given in the file."""
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self._lines:
+                return f"{self._source}:{self._lines[loc[:n]]}"
+        return self._source
+
+    def problem(self, loc: tuple[str | int, ...], message: str) -> str:
+        """One error line: `file:line: field 'a.b': message`."""
+        return f"{self.where(*loc)}: field '{'.'.join(map(str, loc))}': {message}"
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> RunConfig:
@@ -189,6 +219,9 @@ class RunConfig(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"task names must be unique, repeated: {sorted(dup)}")
+        unknown = sorted(set(self.method.demos_override or {}) - set(names))
+        if unknown:
+            raise ValueError(f"method.demos_override names tasks not in the config: {unknown} (tasks: {names})")
         return self
 
 
@@ -196,15 +229,14 @@ class RunConfig(_Strict):
 RUNTIME_KEYS = ("eval.batch_size", "method.batch_size")
 
 
-def _parse_value(text: str) -> Any:
-    """YAML scalar/list parsing, plus the floats YAML 1.1 leaves as strings (`1e-3`)."""
-    value = yaml.safe_load(text) if text.strip() else ""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+def _parse_value(key: str, text: str) -> Any:
+    """A `--set` value, parsed as YAML with the config file's rules (`1e-3` is a float)."""
+    if not text.strip():
+        return ""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: not a valid YAML value: {getattr(err, 'problem', None) or err}") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -225,7 +257,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             elif not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping")
             if last:
-                node[part] = _parse_value(value)
+                node[part] = _parse_value(key, value)
             else:
                 if isinstance(node, dict) and node.get(part) is None:
                     node[part] = {}
@@ -233,39 +265,143 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    lines = []
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader (no tags that build Python objects), stricter where silence misleads:
+    a key given twice in one mapping is an error naming both lines (plain YAML keeps the last),
+    and `1e-3` is a float as in YAML 1.2 (YAML 1.1 reads it as a string)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: D102
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then overriding keys is the point of a merge
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first_line.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if earlier != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {earlier})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _node_lines(node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Line (1-based) of every key and list item of a composed YAML document, by its path."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                child = (*path, key_node.value)
+                out[child] = key_node.start_mark.line + 1
+                _node_lines(value_node, child, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*path, i)] = item.start_mark.line + 1
+            _node_lines(item, (*path, i), out)
+    return out
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
+    """Parse a YAML file; returns the document and the line of each key path.
+
+    Every way the file can be unreadable is a ConfigError naming it (and the line where known).
+    """
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); is this the config file?") from None
+    loader = ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else None
+        lines = _node_lines(node) if node is not None else {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else f"{path}"
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+    return raw, lines
+
+
+def _format_error(source: str, err: ValidationError, lines: dict[tuple, int] | None = None,
+                  overridden: set[tuple] | None = None) -> str:
+    """One line per problem: `file:line: field 'a.b': what was expected (got ...)`."""
+    out = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
-        got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
-        lines.append(f"{source}: {loc}: {msg}{got}")
-    return "\n".join(lines)
+        got = f" (got {_short(e['input'])})" if e["type"] != "missing" and not isinstance(e["input"], (dict, list)) else ""
+        where = source
+        if any(loc[: len(o)] == o for o in overridden or ()):
+            where = "--set"
+        elif lines:
+            for n in range(len(loc), -1, -1):  # a missing key: the line of its parent
+                if loc[:n] in lines:
+                    where = f"{source}:{lines[loc[:n]]}"
+                    break
+        out.append(f"{where}: field '{field}': {msg}{got}")
+    return "\n".join(out)
 
 
-def validate(raw: dict, source: str = "config") -> RunConfig:
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validate(raw: dict, source: str = "config", lines: dict[tuple, int] | None = None,
+             overridden: set[tuple] | None = None) -> RunConfig:
+    """The RunConfig of a raw dict; a ConfigError with one line per problem otherwise."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_error(source, err)) from None
+        raise ConfigError(_format_error(source, err, lines, overridden)) from None
+
+
+def _override_paths(overrides: list[str]) -> set[tuple]:
+    paths = set()
+    for item in overrides:
+        key = item.partition("=")[0]
+        paths.add(tuple(int(p) if p.isdigit() else p for p in key.split(".")))
+    return paths
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, raw: dict | None = None) -> RunConfig:
     """Load, override and validate a config; resolve relative data paths to absolute ones."""
     base_dir = Path.cwd()
+    lines: dict[tuple, int] = {}
     if path is not None:
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raw, lines = read_yaml(path)
         base_dir = path.resolve().parent
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a YAML mapping")
+        raise ConfigError(f"{path}: the config must be a YAML mapping (key: value lines), got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])
-    cfg = validate(raw, str(path or "config"))
+    cfg = validate(raw, str(path or "config"), lines, _override_paths(overrides or []))
+    cfg._source = str(path or "config")
+    cfg._lines = {k: v for k, v in lines.items() if not any(k[: len(o)] == o for o in _override_paths(overrides or []))}
     return resolve_paths(cfg, base_dir)
 
 

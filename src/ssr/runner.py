@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,14 +29,15 @@ import yaml
 from ssr import config as config_mod
 from ssr.config import RunConfig
 from ssr.data import Task, load_task
-from ssr.errors import RunDirError
+from ssr.errors import ConfigError, RunDirError
 from ssr.evaluation import evaluate_task, score_predictions
 from ssr.generation import HFGenerator
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
 from ssr.models.lora import attach_lora, load_adapter, save_adapter
-from ssr.models.loading import load_base_model, load_tokenizer
+from ssr.models.loading import check_model_source, load_base_model, load_tokenizer
 from ssr.models.templates import get_template
+from ssr.runlock import run_lock
 from ssr.training import train_stage
 
 log = logging.getLogger("ssr")
@@ -80,7 +83,7 @@ class ModelState:
 
     @cached_property
     def tokenizer(self):
-        return load_tokenizer(self.cfg.model.name, self.cfg.model.cache_dir)
+        return load_tokenizer(self.cfg.model.name, self.cfg.model.cache_dir, self.cfg.model.trust_remote_code)
 
     @cached_property
     def template(self):
@@ -88,11 +91,11 @@ class ModelState:
 
     def _base(self):
         if self.model is None:
-            self.model = load_base_model(self.cfg.model.name, self.cfg.model.cache_dir)
+            self.model = self.load_model(self.cfg.model.name)
         elif hasattr(self.model, "peft_config"):
             self.model = self.model.unload()  # drop LoRA layers, keep base weights
         if self.base_modified:
-            self.model = load_base_model(self.cfg.model.name, self.cfg.model.cache_dir)
+            self.model = self.load_model(self.cfg.model.name)
             self.base_modified = False
         self.at_stage = BASE_STAGE.name
         return self.model
@@ -127,7 +130,7 @@ class ModelState:
         chain = [stage] if stage.fresh or self.cfg.train.adapter == "continue" else [*before, stage]
         model = self._base()
         for i, s in enumerate(chain):
-            model = load_adapter(model, self.run_dir / "stages" / s.name / "adapter", trainable=trainable and i == len(chain) - 1)
+            model = self.load_adapter(model, self.run_dir / "stages" / s.name / "adapter", trainable=trainable and i == len(chain) - 1)
             if i < len(chain) - 1:
                 model = model.merge_and_unload()
                 self.base_modified = True
@@ -154,27 +157,99 @@ class ModelState:
             yield self.model, self.tokenizer
             return
         name = name or self.cfg.model.name
-        yield load_base_model(name, self.cfg.model.cache_dir), load_tokenizer(name, self.cfg.model.cache_dir)
+        yield self.load_model(name), load_tokenizer(name, self.cfg.model.cache_dir, self.cfg.model.trust_remote_code)
+
+    def load_model(self, name: str):
+        """A base model with the config's safety settings (trust_remote_code, allow_pickle)."""
+        m = self.cfg.model
+        return load_base_model(name, m.cache_dir, trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle)
+
+    def load_adapter(self, model, path: Path, trainable: bool):
+        return load_adapter(model, path, trainable=trainable, allow_pickle=self.cfg.model.allow_pickle)
 
 
 class RunDir:
-    """The output directory: holds one run; refuses a different config."""
+    """The output directory: holds one run; refuses a different config, and a second writer.
+
+    `check` runs before anything is loaded (is the path usable at all), `claim` only after the
+    config, data and plan passed: a run refused by validation leaves no trace, and a directory
+    whose run stopped before finishing any step may be claimed by a different config.
+    """
+
+    STEP_DIRS = ("stages", "synthetic", "rehearsal")
 
     def __init__(self, path: str | Path):
+        if not str(path).strip():
+            raise RunDirError("--output-dir is empty; give the run directory")
         self.path = Path(path)
 
+    def check(self) -> None:
+        """Refuse a path that cannot hold a run: a file, a path under a file, a corrupt run."""
+        for parent in [self.path, *self.path.parents]:
+            if parent.exists() and not parent.is_dir():
+                where = "is a file" if parent == self.path else f"lies under the file {parent}"
+                raise RunDirError(f"--output-dir {self.path}: {where}; a run directory is needed")
+            if parent.exists():
+                break
+        self._saved_config()
+
+    def has_progress(self) -> bool:
+        """Whether any step of a run finished here (its results would be reused)."""
+        return (self.path / "results.json").exists() or any(
+            p.is_file() for d in self.STEP_DIRS if (self.path / d).is_dir() for p in (self.path / d).rglob("*"))
+
+    def _saved_config(self) -> dict | None:
+        saved = self.path / "config.yaml"
+        if not saved.exists():
+            return None
+        try:
+            previous = yaml.safe_load(saved.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            previous = err
+        if isinstance(previous, dict):
+            return previous
+        if self.has_progress():
+            raise RunDirError(f"{saved}: not a readable run config, yet the directory holds finished steps; "
+                              "restore the file or use another --output-dir")
+        return None  # a run that finished nothing: its config is simply replaced
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(f"--output-dir {self.path}: cannot be created ({err.strerror or err})") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise RunDirError(f"--output-dir {self.path}: not writable")
+
     def claim(self, cfg: RunConfig) -> None:
+        """Write the run's config, or check it is the one already there (the caller holds the lock)."""
+        self.check()
+        self.create()
         saved = self.path / "config.yaml"
         current = config_mod.to_dict(cfg)
-        if saved.exists():
-            previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        previous = self._saved_config()
+        if previous is not None:
             changes = config_mod.diff(previous, current)
-            if changes:
+            if changes and self.has_progress():
                 raise RunDirError(
                     f"{self.path} holds a run with a different config; use another --output-dir "
                     f"or delete it. Differences (saved -> now): " + "; ".join(changes)
                 )
+            if changes:
+                log.info("%s: replacing the config of a run that finished no step", self.path)
         write_text(saved, config_mod.to_yaml(cfg))
+
+
+def prepare(cfg: RunConfig) -> tuple[list[Task], Method]:
+    """Every check that needs no model, in one place (`ssr run` and `ssr validate` alike): the
+    model source, every data file, and the method's plan. Returns the loaded tasks and method."""
+    check_model_source(cfg)
+    tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens) for t in cfg.tasks]
+    method: Method = get_method(cfg.method.name)(cfg, tasks)
+    problems = method.check()
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return tasks, method
 
 
 def setup_logging(run_dir: Path) -> logging.Handler:
@@ -205,21 +280,34 @@ def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str], get_model) -
     return scores
 
 
-def run(cfg: RunConfig, output_dir: str | Path) -> dict:
-    """Run (or resume) a whole continual-learning sequence; returns the results dict."""
-    run_dir = Path(output_dir)
-    RunDir(run_dir).claim(cfg)
-    handler = setup_logging(run_dir)
-    try:
-        return _run(cfg, run_dir)
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+def run(cfg: RunConfig, output_dir: str | Path, reuse_from: Path | None = None,
+        on_reuse: Callable[[bool], None] | None = None) -> dict:
+    """Run (or resume) a whole continual-learning sequence; returns the results dict.
+
+    Validation comes first (nothing is written if it fails); then the directory is locked
+    (one writer) and claimed. `reuse_from`: a finished run whose base evaluation and stage 1
+    are copied in when they are the same computation (`share_first_stage`); `on_reuse` is
+    told whether they were.
+    """
+    run_dir = RunDir(output_dir)
+    run_dir.check()
+    tasks, method = prepare(cfg)
+    run_dir.create()
+    with run_lock(run_dir.path):
+        run_dir.claim(cfg)
+        if reuse_from is not None:
+            shared = share_first_stage(Path(reuse_from), cfg, run_dir.path)
+            if on_reuse is not None:
+                on_reuse(shared)
+        handler = setup_logging(run_dir.path)
+        try:
+            return _run(cfg, run_dir.path, tasks, method)
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
 
 
-def _run(cfg: RunConfig, run_dir: Path) -> dict:
-    tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens) for t in cfg.tasks]
-    method: Method = get_method(cfg.method.name)(cfg, tasks)
+def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> dict:
     ctx = RunContext(cfg, run_dir, tasks, ModelState(cfg, run_dir))
     log.info("run %s: method %s, tasks %s", run_dir, method.name, [t.name for t in tasks])
 
@@ -293,8 +381,11 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
     saved = source / "config.yaml"
     if not saved.exists() or cfg.method.name not in continual or (target / "stages").exists():
         return False
-    previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    if previous["method"]["name"] not in continual:
+    try:
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        if previous["method"]["name"] not in continual:
+            return False
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
         return False
     if any(not line.startswith("method.") for line in config_mod.diff(previous, config_mod.to_dict(cfg))):
         return False
@@ -331,4 +422,4 @@ def _sources(rows: list[dict]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
 
 
-__all__ = ["run", "RunContext", "ModelState", "RunDir", "evaluate_stage", "share_first_stage", "wall_seconds"]
+__all__ = ["run", "prepare", "RunContext", "ModelState", "RunDir", "evaluate_stage", "share_first_stage", "wall_seconds"]

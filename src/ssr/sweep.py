@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ssr.config import RunConfig, load_config, to_dict
+from ssr.config import RunConfig, load_config, to_dict, validate
 from ssr.errors import ConfigError
 from ssr.io import write_json, write_text
-from ssr.runner import run, share_first_stage
+from ssr.runlock import run_lock
+from ssr.runner import RunDir, prepare, run
 
 log = logging.getLogger("ssr")
 
@@ -78,7 +79,9 @@ def reorder(cfg: RunConfig, order: tuple[str, ...], seed: int) -> RunConfig:
     raw = to_dict(cfg)
     tasks = {t["name"]: t for t in raw["tasks"]}
     raw["tasks"], raw["seed"] = [tasks[name] for name in order], seed
-    return RunConfig.model_validate(raw)
+    reordered = validate(raw, f"{cfg.where()} (order {','.join(order)}, seed {seed})")
+    reordered._source = cfg._source
+    return reordered
 
 
 def plan_sweep(config: str | Path, variants: list[str], orders: list[tuple[str, ...]] | None,
@@ -106,6 +109,17 @@ def run_sweep(config: str | Path, variants: list[str], out: str | Path, orders: 
     """Run (or resume) every run of the sweep; write sweep.json and the summary; return the summaries."""
     out = Path(out)
     planned = plan_sweep(config, variants, orders, seeds, out, overrides)
+    sweep_dir = RunDir(out)
+    sweep_dir.check()
+    for _, cfg in planned:  # every run's data and plan, before the first one starts
+        prepare(cfg)
+    sweep_dir.create()
+    with run_lock(out):
+        return _run_planned(planned, variants, out, config, overrides, echo)
+
+
+def _run_planned(planned: list[tuple[SweepRun, RunConfig]], variants: list[str], out: Path, config: str | Path,
+                 overrides: list[str] | None, echo) -> list[dict]:
     previous = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
     write_json(out / "sweep.json", {
         "started": previous.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -119,9 +133,12 @@ def run_sweep(config: str | Path, variants: list[str], out: str | Path, orders: 
         echo(f"== [{n}/{len(planned)}] {sweep_run.variant}, {sweep_run.order_label} ({','.join(sweep_run.order)}), "
              f"seed {sweep_run.seed} -> {sweep_run.path}")
         source = first_stage_of.get(group)
-        if source is not None and share_first_stage(source, cfg, sweep_run.path):
-            echo(f"   base evaluation and stage 1 reused from {source} (the same computation)")
-        results = run(cfg, sweep_run.path)
+
+        def note(shared: bool, source=source) -> None:
+            if shared:
+                echo(f"   base evaluation and stage 1 reused from {source} (the same computation)")
+
+        results = run(cfg, sweep_run.path, reuse_from=source, on_reuse=note)
         echo(f"   AR {format_mean_std(results['AR'])}  FWT {format_mean_std(results['FWT'])}  BWT {format_mean_std(results['BWT'])}  "
              f"{results['wall_seconds'] / 60:.1f} min")
         if cfg.method.name in CONTINUAL:

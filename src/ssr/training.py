@@ -129,6 +129,8 @@ def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainCon
     seed_everything(seed)
     examples = tokenize_rows(rows, template, cfg.max_source_length, cfg.max_target_length)
     world = accelerator.num_processes
+    if len(examples) < world:  # a process without batches would never reach total_steps
+        raise ValueError(f"{desc}: {len(examples)} training rows for {world} processes; the plan checks should have refused this")
     micro = cfg.batch_size
     per_epoch_batches = math.ceil(len(examples) / (micro * world))
     steps_per_epoch = max(1, math.ceil(per_epoch_batches / cfg.grad_accum))

@@ -42,24 +42,47 @@ def _field(path: Path, line: int, row: Any, name: str, *, allow_empty: bool = Tr
     return value
 
 
+def read_text_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line; a line that is not UTF-8 is an error naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(path, f"cannot be read ({err.strerror or err})") from None
+    out = []
+    for line_no, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(path, f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                  "expected JSON Lines", line_no) from None
+        if text.strip():
+            out.append((line_no, text))
+    return out
+
+
+def _parse_json(text: str) -> Any:
+    """json.loads, with nesting too deep for the parser reported like any other malformed JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+
+
 def _read_jsonl_rows(path: Path, policy: RowPolicy, parse) -> list[Instance]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, text in enumerate(f, 1):
-            if not text.strip():
-                continue
+    for line_no, text in read_text_lines(path):
+        try:
             try:
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", line_no) from None
-                out.append(parse(row, line_no))
-            except DataError as err:
-                if not policy.skip_bad_rows:
-                    raise
-                if policy.skipped == 0:
-                    log.warning("skipping malformed rows (data.skip_bad_rows); first: %s", err)
-                policy.skipped += 1
+                row = _parse_json(text)
+            except json.JSONDecodeError as err:
+                raise DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", line_no) from None
+            out.append(parse(row, line_no))
+        except DataError as err:
+            if not policy.skip_bad_rows:
+                raise
+            if policy.skipped == 0:
+                log.warning("skipping malformed rows (data.skip_bad_rows); first: %s", err)
+            policy.skipped += 1
     return out
 
 
@@ -69,7 +92,10 @@ def load_superni(path: Path, policy: RowPolicy, definition: str | None = None) -
         output = _field(path, line, row, "output", allow_empty=False)
         full_prompt = _field(path, line, row, "full_prompt", allow_empty=False)
         row_id = row.get("id") if isinstance(row.get("id"), str) else f"{path.stem}-{line}"
-        return Instance(row_id, input_, output, definition or full_prompt.split("\n\n")[0].strip())
+        found = definition or full_prompt.split("\n\n")[0].strip()
+        if not found:
+            raise DataError(path, "expected the task definition, a blank line, then the input", line, "full_prompt")
+        return Instance(row_id, input_, output, found)
 
     return _read_jsonl_rows(path, policy, parse)
 
@@ -93,14 +119,27 @@ def load_natural_instructions(
 ) -> list[Instance]:
     """Read `Instances` (or `Positive Examples`) of a natural-instructions task file."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(path, f"cannot be read ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(path, f"not UTF-8 text (byte 0x{data[err.start]:02x}); expected a JSON task file", line) from None
+    try:
+        doc = _parse_json(text)
     except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON ({err.msg})", err.lineno) from None
+        hint = ""
+        if err.msg == "Extra data":  # several JSON values: most likely JSON Lines
+            hint = ("; the .json extension selects the natural-instructions format (one JSON object): "
+                    "for JSON Lines, name the file .jsonl or set the task's `format`")
+        raise DataError(path, f"not valid JSON ({err.msg}){hint}", err.lineno) from None
     if not isinstance(doc, dict):
         raise DataError(path, "expected a natural-instructions task object")
     if definition is None:
         raw_def = doc.get("Definition")
-        if isinstance(raw_def, list) and raw_def and all(isinstance(d, str) for d in raw_def):
+        if isinstance(raw_def, list) and raw_def and all(isinstance(d, str) for d in raw_def) and raw_def[0].strip():
             definition = raw_def[0].strip()
         elif isinstance(raw_def, str) and raw_def.strip():
             definition = raw_def.strip()
@@ -138,17 +177,13 @@ def detect_format(path: Path) -> str:
     """`natural-instructions` for .json; for JSONL, by the first row's keys."""
     if path.suffix == ".json":
         return "natural-instructions"
-    with open(path, encoding="utf-8") as f:
-        for text in f:
-            if text.strip():
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError:
-                    break
-                if isinstance(row, dict) and "full_prompt" in row:
-                    return "superni"
-                break
-    return "jsonl"
+    try:
+        with open(path, "rb") as f:
+            first = next((raw for raw in f if raw.strip()), b"")
+        row = _parse_json(first.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "jsonl"  # the loader reports the problem, with its line
+    return "superni" if isinstance(row, dict) and "full_prompt" in row else "jsonl"
 
 
 LOADERS = {"superni": load_superni, "jsonl": load_plain_jsonl, "natural-instructions": load_natural_instructions}
@@ -157,6 +192,8 @@ LOADERS = {"superni": load_superni, "jsonl": load_plain_jsonl, "natural-instruct
 def load_instances(path: str | Path, fmt: str = "auto", definition: str | None = None, policy: RowPolicy | None = None) -> list[Instance]:
     """Load one split file in the given (or detected) format."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a directory, expected a data file")
     if not path.is_file():
         raise DataError(path, "file not found")
     policy = policy or RowPolicy()

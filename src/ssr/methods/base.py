@@ -56,6 +56,27 @@ class Method:
             return names
         return names[stage_index - 1 : stage_index + 1]
 
+    def task_index(self, name: str) -> int:
+        return next(i for i, t in enumerate(self.tasks) if t.name == name)
+
+    def check(self) -> list[str]:
+        """What would stop this method's run, found before any model loads: one error line each
+        (`file:line: field 'x': ...`). The rule for all: every task a stage trains on has
+        training rows. Methods with more needs extend it."""
+        problems = []
+        for stage in self.plan():
+            for name in stage.tasks:
+                if not self.by_name[name].train:
+                    problems.append(self.cfg.problem(
+                        ("tasks", self.task_index(name), "train"),
+                        f"stage {stage.name} of {self.name} trains on task {name!r}, which has no training rows; "
+                        "give it a `train` file"))
+        return problems
+
+    def planned_rows(self, stage: Stage) -> dict[str, int]:
+        """Training rows of `stage` by `task/source`, as known before the run (for `ssr validate`)."""
+        return {f"{name}/new": len(self.by_name[name].train) for name in stage.tasks}
+
     def new_rows(self, stage: Stage) -> list[dict]:
         return [training_row(inst, name, "new") for name in stage.tasks for inst in self.by_name[name].train]
 
@@ -103,6 +124,19 @@ class RehearsalMethod(Method):
 
     def build_rehearsal(self, task: Task, stage: Stage, ctx: RunContext) -> list[dict]:
         raise NotImplementedError
+
+    def rehearsal_size(self, task: Task) -> int:
+        """How many instances of `task` are rehearsed (for SSR: at most this many)."""
+        from ssr.selection import target_size
+
+        m = self.cfg.method
+        return target_size(len(task.train), len(task.train), m.ratio, m.per_task)
+
+    def planned_rows(self, stage: Stage) -> dict[str, int]:
+        rows = super().planned_rows(stage)
+        for previous in self.tasks[: stage.index - 1]:
+            rows[f"{previous.name}/{self.source}"] = self.rehearsal_size(previous)
+        return rows
 
     def pending_after(self, stage: Stage, ctx: RunContext) -> bool:
         last = stage.index == len(self.tasks)  # nothing comes after the last stage

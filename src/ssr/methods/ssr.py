@@ -12,12 +12,19 @@ Files per finished task (all resumable steps of the run):
 
 from __future__ import annotations
 
+import math
+
 from ssr.data import load_instances
 from ssr.data.task import Task
+from ssr.errors import DataError
 from ssr.io import read_jsonl, write_json, write_jsonl
 from ssr.methods.base import RehearsalMethod, Stage
 from ssr.models.loading import context_length
 from ssr.synthesis.pipeline import refine, rehearsal_rows, synthesize
+
+
+MAX_ICL_TUPLES = 1_000_000
+"""Every ordered n-tuple of demonstrations is listed before `max_prompts` samples from them."""
 
 
 class SelfSynthesizedRehearsal(RehearsalMethod):
@@ -29,6 +36,37 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
     def demos_for(self, task: Task):
         override = (self.cfg.method.demos_override or {}).get(task.name)
         return load_instances(override, definition=task.definition) if override else task.demos
+
+    def check(self) -> list[str]:
+        """Also: every task that gets a synthetic set (all but the last) has a demonstration
+        pool (its `demos` file, `method.demos_override`, or the last `method.n_demos` train
+        rows) of at least `method.n_shots`, and not so many ordered n-tuples that listing
+        the ICL prompts would not finish."""
+        problems = super().check()
+        m = self.cfg.method
+        for task in self.tasks[:-1]:
+            i = self.task_index(task.name)
+            if task.name in (m.demos_override or {}):
+                loc = ("method", "demos_override", task.name)
+            elif self.cfg.tasks[i].demos:
+                loc = ("tasks", i, "demos")
+            else:
+                loc = ("method", "n_demos")
+            try:
+                demos = self.demos_for(task)
+            except DataError as err:
+                problems.append(f"{err} (method.demos_override of task {task.name!r})")
+                continue
+            if len(demos) < m.n_shots:
+                problems.append(self.cfg.problem(
+                    loc, f"task {task.name!r} has {len(demos)} demonstrations for SSR synthesis; "
+                         f"method.n_shots = {m.n_shots} needs at least that many"))
+            elif math.perm(len(demos), m.n_shots) > MAX_ICL_TUPLES:
+                problems.append(self.cfg.problem(
+                    ("method", "n_shots"), f"{len(demos)} demonstrations of task {task.name!r} give "
+                    f"{math.perm(len(demos), m.n_shots)} ordered {m.n_shots}-tuples to draw prompts from "
+                    f"(at most {MAX_ICL_TUPLES}); use fewer demonstrations or a smaller n_shots"))
+        return problems
 
     def build_rehearsal(self, task: Task, stage: Stage, ctx) -> list[dict]:
         cfg, m = self.cfg, self.cfg.method

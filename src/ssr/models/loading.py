@@ -97,20 +97,56 @@ def local_model_dir(name: str, cache_dir: str | None = None) -> ModelSource:
     return ModelSource(str(target))
 
 
-def load_tokenizer(name: str, cache_dir: str | None = None):
+def check_model_source(cfg) -> None:
+    """Refuse a `model.name` (or `method.icl_model`) that names a path but not a model, before
+    anything loads: an empty or foreign directory, a file that is neither a model directory
+    nor a .gguf, a path-like name that does not exist. Hub ids are left to transformers."""
+    for field, name in (("model.name", cfg.model.name), ("method.icl_model", cfg.method.icl_model)):
+        if name is None or name in ALIASES:
+            continue
+        path = Path(name).expanduser()
+        looks_like_path = name.startswith((".", "/", "~")) or path.suffix == ".gguf"
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"{cfg.where(*field.split('.'))}: field '{field}': {path} is a directory without "
+                                  "config.json, not a model directory")
+        elif path.exists() and path.suffix != ".gguf":
+            raise ConfigError(f"{cfg.where(*field.split('.'))}: field '{field}': {path} is a file; expected a model "
+                              "directory, a .gguf file, an alias or a Hugging Face id")
+        elif looks_like_path and not path.exists():
+            raise ConfigError(f"{cfg.where(*field.split('.'))}: field '{field}': {path} does not exist")
+
+
+def _load_error(name: str, err: Exception) -> ConfigError:
+    return ConfigError(f"model {name!r} cannot be loaded: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+
+
+def load_tokenizer(name: str, cache_dir: str | None = None, trust_remote_code: bool = False):
     """The tokenizer, with a pad token and left padding (what batched generation needs)."""
     source = local_model_dir(name, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except OSError as err:  # no such hub id (offline), no tokenizer files
+        raise _load_error(name, err) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
 
 
-def load_base_model(name: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """The base model θ(0), in eval mode. Weights stay fp32 on CPU (bf16 is autocast in training)."""
+def load_base_model(name: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32,
+                    trust_remote_code: bool = False, allow_pickle: bool = False) -> PreTrainedModel:
+    """The base model θ(0), in eval mode. Weights stay fp32 on CPU (bf16 is autocast in training).
+
+    Safe by default: only safetensors weights (a pickle file can run code when loaded) and
+    no model-supplied Python code, unless `allow_pickle` / `trust_remote_code` are set."""
     source = local_model_dir(name, cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True)
+    except OSError as err:  # no safetensors weights (and pickle not allowed), no such hub id offline
+        hint = "" if allow_pickle else " (only safetensors weights are loaded unless model.allow_pickle: true)"
+        raise ConfigError(str(_load_error(name, err)) + hint) from None
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()

@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from ssr.config import LoraSettings
+from ssr.errors import ConfigError
 from ssr.io import atomic_path
 
 
@@ -24,7 +25,14 @@ def attach_lora(base, settings: LoraSettings, seed: int) -> PeftModel:
     return get_peft_model(base, config)
 
 
-def load_adapter(base, path: str | Path, trainable: bool) -> PeftModel:
+def load_adapter(base, path: str | Path, trainable: bool, allow_pickle: bool = False) -> PeftModel:
+    """Load a saved adapter onto `base`; only from safetensors unless `allow_pickle`."""
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError(f"{path}: not a PEFT adapter directory (no adapter_config.json)")
+    if not allow_pickle and not (path / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"{path}: no adapter_model.safetensors; pickle weights are loaded only with "
+                          "model.allow_pickle: true")
     return PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
 
 
