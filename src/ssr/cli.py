@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
-    except SSRError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except SSRError as err:  # one line per problem (the plan checks report them all at once)
+        print("\n".join(f"error: {line}" for line in str(err).splitlines()), file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt as err:  # SIGINT (Ctrl-C), or SIGTERM through `_terminate`
         code = err.exit_code if isinstance(err, Terminated) else 130
