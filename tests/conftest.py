@@ -42,7 +42,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="session")
 def task_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tasks")
+    return write_toy_tasks(tmp_path_factory.mktemp("tasks"))
+
+
+def write_toy_tasks(d: Path) -> Path:
+    """train (24) / eval (6) / demos (6) files of the three toy tasks in `d`."""
     for k, kind in enumerate(("reverse", "upper", "count")):
         write_jsonl(d / f"{kind}.train.jsonl", make_task_rows(kind, 24, seed=k))
         write_jsonl(d / f"{kind}.eval.jsonl", make_task_rows(kind, 6, seed=100 + k))
@@ -52,12 +56,15 @@ def task_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, task_dir) -> Path:
-    """A 2-layer Llama (hidden 32) and a byte-level BPE tokenizer trained on the toy tasks."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), task_dir)
+
+
+def build_tiny_model(d: Path, task_dir: Path) -> Path:
+    """A 2-layer Llama (hidden 32) and a byte-level BPE tokenizer trained on the toy tasks, saved in `d`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    d = tmp_path_factory.mktemp("tiny-llama")
     texts = []
     for path in task_dir.glob("*.jsonl"):
         for line in path.read_text().splitlines():

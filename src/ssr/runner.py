@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -43,6 +45,7 @@ from ssr.training import train_stage
 log = logging.getLogger("ssr")
 
 BASE_STAGE = Stage(0, "0-base", (), fresh=True)
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}$")  # tempfile's names for `.{name}.` + 8 random characters
 
 
 @dataclass
@@ -237,7 +240,15 @@ class RunDir:
                 )
             if changes:
                 log.info("%s: replacing the config of a run that finished no step", self.path)
+        self._remove_temporaries()
         write_text(saved, config_mod.to_yaml(cfg))
+
+    def _remove_temporaries(self) -> None:
+        """Delete what an atomic write killed half-way left (`ssr.io.atomic_path` temporaries):
+        never read, but clutter. Safe: the caller holds the directory's lock."""
+        for path in sorted(self.path.rglob(".*"), reverse=True):
+            if TEMPORARY.match(path.name):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def prepare(cfg: RunConfig) -> tuple[list[Task], Method]:
@@ -271,6 +282,7 @@ def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str], get_model) -
         if not path.exists():
             task = next(t for t in ctx.tasks if t.name == name)
             cfg = ctx.cfg
+            log.info("stage %s, task %s: evaluating", stage.name, name)
             with ctx.timed(f"eval {stage.name} {name}"):
                 rows = evaluate_task(ctx.models.generator(get_model()), ctx.models.template, task,
                                      cfg.train.max_source_length, task.max_new_tokens)
@@ -325,8 +337,8 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
             log.info("stage %s: training on %d rows (%s)", stage.name, len(rows), _sources(rows))
             with ctx.timed(f"train {stage.name}"):
                 stats = train_stage(model, ctx.models.template, rows, cfg.train, cfg.seed + stage.index, desc=f"train {stage.name}")
+                write_json(sdir / "train_stats.json", stats)  # before the adapter, which marks the stage done
                 save_adapter(model, adapter_dir)
-            write_json(sdir / "train_stats.json", stats)
             ctx.models.finished(stage)
             log.info("stage %s: %s", stage.name, stats)
 
@@ -375,7 +387,6 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
     redone. The copied steps' timings come along, so wall times stay comparable.
     Returns whether anything was copied.
     """
-    import shutil
 
     continual = ("sequential", "replay", "ssr")
     saved = source / "config.yaml"

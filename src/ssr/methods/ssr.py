@@ -12,6 +12,7 @@ Files per finished task (all resumable steps of the run):
 
 from __future__ import annotations
 
+import logging
 import math
 
 from ssr.data import load_instances
@@ -22,6 +23,8 @@ from ssr.methods.base import RehearsalMethod, Stage
 from ssr.models.loading import context_length
 from ssr.synthesis.pipeline import refine, rehearsal_rows, synthesize
 
+
+log = logging.getLogger(__name__)
 
 MAX_ICL_TUPLES = 1_000_000
 """Every ordered n-tuple of demonstrations is listed before `max_prompts` samples from them."""
@@ -76,6 +79,7 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
             candidates = read_jsonl(cand_path)
         else:
             demos = self.demos_for(task)
+            log.info("task %s: synthesizing", task.name)
             with ctx.models.icl_model() as (model, tokenizer):
                 generator = ctx.models.generator(model, m.batch_size, tokenizer)
                 candidates, stats, prompts = synthesize(task, demos, generator, tokenizer, context_length(model), m, cfg.seed + stage.index)
@@ -84,6 +88,7 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
             write_jsonl(cand_path, candidates)
         selected = sorted((c for c in candidates if c["selected"]), key=lambda c: c["selection_rank"])
         if m.refine:
+            log.info("task %s: refining %d selected inputs", task.name, len(selected))
             latest = ctx.models.model  # the runner loaded the model right after this task's stage
             outputs = refine(selected, task.definition, ctx.models.generator(latest, m.batch_size),
                              ctx.models.template, cfg.train.max_source_length, task.max_new_tokens,

@@ -1,0 +1,180 @@
+"""Crash-safety harness: SIGKILL an `ssr run` at random points, rerun it, compare with an uninterrupted run.
+
+A tiny random-weight model (the one tests/conftest.py builds) runs SSR on two toy tasks, so a
+whole run takes seconds and covers every kind of step: base evaluation, training, synthesis,
+refinement, evaluation and the file writes between them. For each kill point the harness
+starts a fresh run, kills it with SIGKILL (no chance to clean up) either inside a chosen phase
+(it waits for the phase's line in run.log, then a random short delay) or after a uniformly
+random delay, reruns the same command to completion, and compares every file the run wrote
+(results, synthetic sets and candidates, training rows, predictions, adapters) with the
+uninterrupted run of the same seed. Timing fields (seconds, tokens/s, wall time) are left out.
+
+    python benchmarks/kill_harness.py --points 20 [--seed 0] [--work DIR] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the tiny model and toy tasks of the test suite
+
+# Phase -> the run.log line that starts it ("anywhere" = a uniform random delay instead).
+PHASES = {
+    "training": "training on",
+    "synthesis": "synthesizing",
+    "refinement": "refining",
+    "evaluation": "evaluating",
+    "anywhere": None,
+}
+TIMING_KEYS = {"seconds", "tokens_per_s", "wall_seconds"}
+IGNORED_FILES = {"run.log", "timings.jsonl", ".lock"}
+
+
+def build_setup(work: Path) -> Path:
+    """Toy tasks, the tiny model and an SSR config in `work`; returns the config path."""
+    from conftest import build_tiny_model, tiny_config, write_toy_tasks
+
+    (work / "tasks").mkdir(parents=True, exist_ok=True)
+    (work / "model").mkdir(exist_ok=True)
+    task_dir = write_toy_tasks(work / "tasks")
+    model_dir = build_tiny_model(work / "model", task_dir)
+    cfg = tiny_config(task_dir, model_dir, "ssr", tasks=("reverse", "upper"), selection="random", max_prompts=6,
+                      samples_per_prompt=2, synth_max_new_tokens=24, batch_size=8)
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def start_run(config: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, "-m", "ssr.cli", "run", str(config), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> None:
+    _, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ssr run failed ({proc.returncode}): {err.decode()[-2000:]}")
+
+
+def _normalise(path: Path) -> bytes:
+    """File content without timing fields (JSON files), else the raw bytes."""
+    if path.suffix != ".json":
+        return path.read_bytes()
+
+    def drop(obj):
+        if isinstance(obj, dict):
+            return {k: drop(v) for k, v in obj.items() if k not in TIMING_KEYS}
+        if isinstance(obj, list):
+            return [drop(v) for v in obj]
+        return obj
+
+    doc = drop(json.loads(path.read_text()))
+    if path.name == "adapter_config.json":  # PEFT writes this set in hash order, which varies per process
+        doc["target_modules"] = sorted(doc.get("target_modules") or [])
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): _normalise(p) for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name not in IGNORED_FILES}
+
+
+def compare(reference: dict[str, bytes], run_dir: Path) -> list[str]:
+    """Files that differ from the reference run, or exist in only one of them."""
+    got = run_files(run_dir)
+    return sorted(k for k in set(reference) | set(got) if reference.get(k) != got.get(k))
+
+
+def _log_count(run_dir: Path, marker: str) -> int:
+    log = run_dir / "run.log"
+    return log.read_text(errors="replace").count(marker) if log.exists() else 0
+
+
+def kill_point(config: Path, out: Path, phase: str, reference_log: str, reference_seconds: float,
+               rng: random.Random) -> dict:
+    """Start a run, SIGKILL it in `phase`, rerun it to the end. Returns what happened."""
+    marker = PHASES[phase]
+    proc = start_run(config, out)
+    started = time.monotonic()
+    if marker is None:
+        target = f"after {rng.uniform(0.0, reference_seconds):.2f} s"
+        deadline = started + float(target.split()[1])
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+    else:
+        occurrence = rng.randint(1, max(1, reference_log.count(marker)))
+        target = f"{phase} #{occurrence}"
+        while _log_count(out, marker) < occurrence and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    point = {"phase": phase, "target": target, "killed": killed,
+             "killed_after_s": round(time.monotonic() - started, 2),
+             "last_log_line": ((out / "run.log").read_text(errors="replace").strip().splitlines() or [""])[-1][20:]
+             if (out / "run.log").exists() else "(before the run directory was claimed)"}
+    finish(start_run(config, out))
+    return point
+
+
+def run_harness(points: int, seed: int, work: Path, echo=print) -> dict:
+    """The whole harness: reference run, `points` kill-and-resume runs, comparison of each."""
+    rng = random.Random(seed)
+    config = build_setup(work)
+    reference_dir = work / "reference"
+    started = time.monotonic()
+    finish(start_run(config, reference_dir))
+    reference_seconds = time.monotonic() - started
+    reference = run_files(reference_dir)
+    reference_log = (reference_dir / "run.log").read_text()
+    echo(f"reference run: {reference_seconds:.1f} s, {len(reference)} files compared")
+    phases = list(PHASES)
+    results = []
+    for k in range(points):
+        phase = phases[k % len(phases)] if k < len(phases) else rng.choice(phases)
+        out = work / f"killed-{k}"
+        point = kill_point(config, out, phase, reference_log, reference_seconds, rng)
+        point["differences"] = compare(reference, out)
+        point["identical"] = not point["differences"]
+        results.append(point)
+        echo(f"[{k + 1}/{points}] {phase:<10} {point['target']:<16} killed={point['killed']!s:<5} "
+             f"identical={point['identical']}  last step: {point['last_log_line'][:70]}")
+    killed = [p for p in results if p["killed"]]
+    return {"points": points, "killed": len(killed), "identical": sum(p["identical"] for p in killed),
+            "reference_seconds": round(reference_seconds, 1), "seed": seed, "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", help="working directory (default: a temporary one)")
+    parser.add_argument("--json", help="write the per-point results here")
+    args = parser.parse_args(argv)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ssr-kill-"))
+    work.mkdir(parents=True, exist_ok=True)
+    summary = run_harness(args.points, args.seed, work)
+    print(f"{summary['killed']} kill points, {summary['identical']} identical "
+          f"({summary['points'] - summary['killed']} runs finished before their kill)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0 if summary["identical"] == summary["killed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Crash safety with real processes on the tiny model: killed, stopped or signalled runs resume
+to exactly the files of an uninterrupted run, and a run directory has one writer at a time.
+
+The uninterrupted run of the same config is the reference (benchmarks/kill_harness.py, whose
+reduced version runs here; the full one is in the README's reliability section).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import kill_harness  # noqa: E402
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and flock")
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """The harness's config (SSR, two toy tasks, tiny model) and its uninterrupted reference run."""
+    work = tmp_path_factory.mktemp("kill")
+    config = kill_harness.build_setup(work)
+    started = time.monotonic()
+    kill_harness.finish(kill_harness.start_run(config, work / "reference"))
+    reference_dir = work / "reference"
+    return {"work": work, "config": config, "reference": kill_harness.run_files(reference_dir),
+            "log": (reference_dir / "run.log").read_text(), "seconds": time.monotonic() - started}
+
+
+def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.stderr.read().decode()[-1500:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _log_has(out: Path, text: str) -> bool:
+    return (out / "run.log").exists() and text in (out / "run.log").read_text(errors="replace")
+
+
+def test_sigkill_in_each_phase_resumes_to_identical_files(harness):
+    """The reduced harness: SIGKILL in training, synthesis and refinement, rerun, compare everything."""
+    rng = random.Random(0)
+    for k, phase in enumerate(("training", "synthesis", "refinement")):
+        out = harness["work"] / f"killed-{phase}"
+        point = kill_harness.kill_point(harness["config"], out, phase, harness["log"], harness["seconds"], rng)
+        assert point["killed"], f"the run finished before the kill in {phase}"
+        assert kill_harness.compare(harness["reference"], out) == [], f"resumed after a kill in {phase}: files differ"
+        assert not [p for p in out.rglob(".*") if p.name != ".lock"], "a killed write's temporary was left behind"
+
+
+def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(harness):
+    out = harness["work"] / "signalled"
+    for sig, code, marker in ((signal.SIGTERM, 143, "training on"), (signal.SIGINT, 130, "synthesizing")):
+        proc = kill_harness.start_run(harness["config"], out)
+        _wait_for(lambda: _log_has(out, marker), proc, marker)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == code, err.decode()[-1500:]
+        assert "rerun the same command to resume" in err.decode()
+        assert "Traceback" not in err.decode()
+        assert (out / ".lock").read_text() == "", "the lock must be released (its holder cleared) on a clean stop"
+    kill_harness.finish(kill_harness.start_run(harness["config"], out))
+    assert kill_harness.compare(harness["reference"], out) == []
+
+
+def test_one_writer_per_run_directory_and_a_dead_writers_lock_is_taken_over(harness):
+    out = harness["work"] / "locked"
+    first = kill_harness.start_run(harness["config"], out)
+    _wait_for(lambda: (out / ".lock").exists() and (out / ".lock").read_text().strip(), first, "the lock")
+    first.send_signal(signal.SIGSTOP)  # keep it alive, holding the lock, while the others try
+    try:
+        holder = json.loads((out / ".lock").read_text())
+        assert holder["pid"] == first.pid
+        env = {**os.environ, "PYTHONPATH": str(kill_harness.REPO / "src")}
+        for extra in ([], ["--methods", "sequential"]):  # `ssr run`, then `ssr sweep` on the same directory
+            command = "sweep" if extra else "run"
+            second = subprocess.run([sys.executable, "-m", "ssr.cli", command, str(harness["config"]), "-o", str(out), *extra],
+                                    capture_output=True, text=True, timeout=300, env=env)
+            assert second.returncode == 2, second.stderr
+            assert f"is in use by pid {first.pid} on " in second.stderr, second.stderr
+            assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)  # dies holding the lock: the lock file still names it
+        first.wait()
+    assert json.loads((out / ".lock").read_text())["pid"] == first.pid
+    kill_harness.finish(kill_harness.start_run(harness["config"], out))  # takes the stale lock over, resumes
+    assert kill_harness.compare(harness["reference"], out) == []
