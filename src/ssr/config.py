@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ssr.errors import ConfigError
+from ssr.errors import ConfigError, printable
 
 METHODS = ("sequential", "replay", "mtl", "single", "ssr")
 MAX_TASK_NAME_BYTES = 100
@@ -328,20 +328,22 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); is this the config file?") from None
-    loader = ConfigLoader(text)
+    loader = None
     try:
+        loader = ConfigLoader(text)  # its reader already refuses control characters
         node = loader.get_single_node()
         raw = loader.construct_document(node) if node is not None else None
         lines = _node_lines(node) if node is not None else {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else f"{path}"
-        problem = getattr(err, "problem", None) or str(err)
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return raw, lines
 
 
@@ -351,8 +353,8 @@ def _format_error(source: str, err: ValidationError, lines: dict[tuple, int] | N
     out = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
+        field = printable(".".join(str(p) for p in loc)) or "(top level)"
+        msg = printable(e["msg"].removeprefix("Value error, "))
         got = f" (got {_short(e['input'])})" if e["type"] != "missing" and not isinstance(e["input"], (dict, list)) else ""
         where = source
         if any(loc[: len(o)] == o for o in overridden or ()):

@@ -1,6 +1,12 @@
 """User-facing errors. The CLI prints them on one line and exits with their code."""
 
 
+def printable(text: str) -> str:
+    """`text` with non-printable characters escaped, so a message stays on one line whatever
+    the input it quotes (a key holding a line or record separator)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class SSRError(Exception):
     """An error caused by the user's input (config, data, run directory); exit code 2."""
 
