@@ -131,6 +131,39 @@ class TrainConfig(_Strict):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
+class ScreenConfig(_Strict):
+    """Rules that drop unsafe or unwanted synthetic candidates (see ssr.synthesis.screen)."""
+
+    words: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """Whole words or phrases, case-insensitive."""
+    patterns: list[str] = Field(default_factory=list)
+    """Python regular expressions, case-insensitive."""
+    pii: bool = False
+    """The built-in patterns: e-mail addresses, phone numbers, payment card numbers."""
+    callable: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
+    """`module:function` called with (input, output); a returned string (the rule) or True screens."""
+    classifier: str | None = Field(default=None, min_length=1)
+    """Local text-classification model directory (transformers pipeline)."""
+    classifier_labels: list[str] = Field(default_factory=lambda: ["toxic"], min_length=1)
+    classifier_threshold: float = Field(default=0.5, ge=0, le=1)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as err:
+                raise ValueError(f"pattern {p!r} is not a valid regular expression: {err}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> ScreenConfig:
+        if not (self.words or self.patterns or self.pii or self.callable or self.classifier):
+            raise ValueError("give at least one of words, patterns, pii, callable, classifier")
+        return self
+
+
 class MethodConfig(_Strict):
     name: Literal["sequential", "replay", "mtl", "single", "ssr"] = "sequential"
     selection: Literal["random", "kmeans"] | None = None
@@ -173,6 +206,8 @@ class MethodConfig(_Strict):
     """Model that writes the synthetic inputs (default: the base model)."""
     batch_size: int = Field(default=48, ge=1)
     """Sequences per generation batch in synthesis and refinement (each sample is a sequence)."""
+    screen: ScreenConfig | None = None
+    """Drop synthetic candidates that match these rules (verdict `screened`); off by default."""
 
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:
@@ -183,6 +218,8 @@ class MethodConfig(_Strict):
             used = [k for k in rehearsal_keys if getattr(self, k) is not None]
             if used:
                 raise ValueError(f"{', '.join(used)} only apply to replay and ssr, not {self.name}")
+        if self.screen is not None and self.name != "ssr":
+            raise ValueError(f"screen only applies to ssr (synthetic data), not {self.name}")
         return self
 
     @property

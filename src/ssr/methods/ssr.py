@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import math
 
+from pathlib import Path
+
 from ssr.data import load_instances
 from ssr.data.task import Task
 from ssr.errors import DataError
@@ -22,6 +24,7 @@ from ssr.io import read_jsonl, write_json, write_jsonl
 from ssr.methods.base import RehearsalMethod, Stage
 from ssr.models.loading import context_length
 from ssr.synthesis.pipeline import refine, rehearsal_rows, synthesize
+from ssr.synthesis.screen import load_callable
 
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
         the ICL prompts would not finish."""
         problems = super().check()
         m = self.cfg.method
+        problems += self._check_screen()
         for task in self.tasks[:-1]:
             i = self.task_index(task.name)
             if task.name in (m.demos_override or {}):
@@ -69,6 +73,20 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
                     ("method", "n_shots"), f"{len(demos)} demonstrations of task {task.name!r} give "
                     f"{math.perm(len(demos), m.n_shots)} ordered {m.n_shots}-tuples to draw prompts from "
                     f"(at most {MAX_ICL_TUPLES}); use fewer demonstrations or a smaller n_shots"))
+        return problems
+
+    def _check_screen(self) -> list[str]:
+        """The screen's callable imports and its classifier is a model directory."""
+        screen = self.cfg.method.screen
+        problems = []
+        if screen is not None and screen.callable:
+            try:
+                load_callable(screen.callable)
+            except ValueError as err:
+                problems.append(self.cfg.problem(("method", "screen", "callable"), str(err)))
+        if screen is not None and screen.classifier and not (Path(screen.classifier).expanduser() / "config.json").is_file():
+            problems.append(self.cfg.problem(("method", "screen", "classifier"),
+                                             f"{screen.classifier} is not a model directory (no config.json)"))
         return problems
 
     def build_rehearsal(self, task: Task, stage: Stage, ctx) -> list[dict]:

@@ -25,10 +25,12 @@ from ssr.models.templates import PromptTemplate
 from ssr.selection import select, target_size
 from ssr.synthesis.parser import parse_continuation
 from ssr.synthesis.prompts import IclPrompt, build_icl_prompts
+from ssr.synthesis.screen import Screener, build_screener
 
 log = logging.getLogger(__name__)
 
 KEPT = "kept"
+SCREENED = "screened"
 
 
 def generate_candidates(
@@ -71,8 +73,10 @@ def generate_candidates(
     return candidates, stats, prompts
 
 
-def filter_candidates(candidates: list[dict], task: Task, demos: list[Instance], tokenizer, cfg: MethodConfig) -> None:
-    """Step 2: give every parsed candidate a verdict (`kept` or why it was dropped)."""
+def filter_candidates(candidates: list[dict], task: Task, demos: list[Instance], tokenizer, cfg: MethodConfig,
+                      screener: Screener | None = None) -> None:
+    """Step 2: give every parsed candidate a verdict (`kept` or why it was dropped); a
+    candidate that passes every other filter but a `screener` rule is `screened` (`screen_rule`)."""
     demo_inputs = {d.input.strip() for d in demos}
     def_len = len(tokenizer(task.definition, add_special_tokens=False)["input_ids"])
     input_only_ok = cfg.refine and cfg.keep_input_only
@@ -96,6 +100,8 @@ def filter_candidates(candidates: list[dict], task: Task, demos: list[Instance],
             verdict = "copies_demo"
         elif x in kept_inputs:
             verdict = "duplicate"
+        elif screener is not None and (rule := screener(x, y)):
+            verdict, c["screen_rule"] = SCREENED, rule
         else:
             verdict = KEPT
             kept_inputs.add(x)
@@ -125,8 +131,9 @@ def synthesize(task: Task, demos: list[Instance], generator: Generator, tokenize
     """Steps 1-3 for one task: the candidates (with verdicts and selection), counts, and the prompts."""
     started = time.perf_counter()
     candidates, stats, prompts = generate_candidates(task, demos, generator, tokenizer, context_length, cfg, seed)
-    filter_candidates(candidates, task, demos, tokenizer, cfg)
+    filter_candidates(candidates, task, demos, tokenizer, cfg, build_screener(cfg.screen))
     stats.update(Counter(f"verdict_{c['verdict']}" for c in candidates))
+    stats.update(Counter(f"screened_{c['screen_rule']}" for c in candidates if c["verdict"] == SCREENED))
     stats["candidates"] = len(candidates)
     stats["input_only_kept"] = sum(1 for c in candidates if c["verdict"] == KEPT and not c["base_output"])
     stats["selected"] = select_candidates(candidates, demos, len(task.train), cfg, seed)
