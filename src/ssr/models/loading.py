@@ -126,7 +126,7 @@ def load_tokenizer(name: str, cache_dir: str | None = None, trust_remote_code: b
     source = local_model_dir(name, cache_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
-    except OSError as err:  # no such hub id (offline), no tokenizer files
+    except (OSError, ValueError) as err:  # no such hub id (offline), no tokenizer files, remote code refused
         raise _load_error(name, err) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -144,7 +144,7 @@ def load_base_model(name: str, cache_dir: str | None = None, dtype: torch.dtype 
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True)
-    except OSError as err:  # no safetensors weights (and pickle not allowed), no such hub id offline
+    except (OSError, ValueError) as err:  # no safetensors weights (pickle not allowed), hub id offline, remote code refused
         hint = "" if allow_pickle else " (only safetensors weights are loaded unless model.allow_pickle: true)"
         raise ConfigError(str(_load_error(name, err)) + hint) from None
     if torch.cuda.is_available():
