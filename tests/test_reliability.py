@@ -19,6 +19,7 @@ from ssr.cli import main
 from ssr.config import load_config, to_dict
 from ssr.errors import RunDirError
 from ssr.runner import RunDir
+from test_fuzz import hang_guard
 
 
 @pytest.fixture(autouse=True)
@@ -85,6 +86,13 @@ def test_duplicate_key_names_both_lines(tmp_path, capsys, task_dir, tiny_model_d
 def test_epochs_must_be_a_finite_number(tmp_path, capsys, task_dir, tiny_model_dir, value, message):
     text = _lines_config(task_dir, tiny_model_dir).replace("epochs: 1\n", f"epochs: {value}\n")
     _run_refused(capsys, tmp_path, text, rf"cfg.yaml:{_line_of(text, 'epochs:')}: field 'train.epochs': .*{message}")
+
+
+def test_alias_bomb_is_refused_not_a_hang(tmp_path, capsys):
+    levels = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    config = _write_config(tmp_path, "l0: &l0 [x]\n" + levels + "tasks: *l9\n")
+    with hang_guard(60):
+        _run_refused(capsys, tmp_path, config, r"cfg.yaml: more than 100000 values once its YAML aliases are expanded")
 
 
 def test_integers_stay_integers_and_exponents_are_floats(tmp_path, task_dir, tiny_model_dir):

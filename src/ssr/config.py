@@ -347,6 +347,25 @@ def _node_lines(node, path: tuple = (), out: dict | None = None) -> dict[tuple, 
     return out
 
 
+MAX_CONFIG_VALUES = 100_000
+"""A config is small; aliases that expand past this (a "billion laughs") would never validate."""
+
+
+def _expanded_size(node, memo: dict[int, int]) -> int:
+    """How many values a composed YAML node stands for once its aliases are expanded."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a cycle counts once (the constructor refuses it anyway)
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_CONFIG_VALUES + 1)
+    return memo[id(node)]
+
+
 def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     """Parse a YAML file; returns the document and the line of each key path.
 
@@ -369,6 +388,9 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     try:
         loader = ConfigLoader(text)  # its reader already refuses control characters
         node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{path}: more than {MAX_CONFIG_VALUES} values once its YAML aliases are expanded; "
+                              "not a run config")
         raw = loader.construct_document(node) if node is not None else None
         lines = _node_lines(node) if node is not None else {}
     except yaml.YAMLError as err:
