@@ -45,19 +45,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from ssr.io import write_jsonl
     from ssr.methods import Stage
     from ssr.methods.ssr import SelfSynthesizedRehearsal
+    from ssr.models.loading import check_model_source
     from ssr.runner import ModelState, RunContext
 
     cfg = load_config(args.config, args.overrides)
     entry = next((t for t in cfg.tasks if t.name == args.task), None)
     if entry is None:
         raise ConfigError(f"--task {args.task!r} is not in the config (tasks: {[t.name for t in cfg.tasks]})")
+    check_model_source(cfg)
     task = load_task(entry, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens)
+    method = SelfSynthesizedRehearsal(cfg, [task])
+    problems = method.check_screen() + method.check_demos(task)
+    if problems:
+        raise ConfigError("\n".join(problems))
     out = Path(args.output_dir)
     models = ModelState(cfg, out)
     models.base()
     if args.adapter:  # refine with a fine-tuned model, e.g. stages/<i>-<task>/adapter of a run
         models.model = models.load_adapter(models.model, Path(args.adapter), trainable=False)
-    method = SelfSynthesizedRehearsal(cfg, [task])
     ctx = RunContext(cfg, out, [task], models)
     rows = method.build_rehearsal(task, Stage(1, f"1-{task.name}", (task.name,)), ctx)
     path = method.rehearsal_path(ctx, task.name)

@@ -57,7 +57,8 @@ class Method:
         return names[stage_index - 1 : stage_index + 1]
 
     def task_index(self, name: str) -> int:
-        return next(i for i, t in enumerate(self.tasks) if t.name == name)
+        """Position of task `name` in the config's `tasks` (to name its fields in errors)."""
+        return next(i for i, t in enumerate(self.cfg.tasks) if t.name == name)
 
     def check(self) -> list[str]:
         """What would stop this method's run, found before any model loads: one error line each

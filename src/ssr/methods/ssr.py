@@ -44,38 +44,39 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
         return load_instances(override, definition=task.definition) if override else task.demos
 
     def check(self) -> list[str]:
-        """Also: every task that gets a synthetic set (all but the last) has a demonstration
-        pool (its `demos` file, `method.demos_override`, or the last `method.n_demos` train
-        rows) of at least `method.n_shots`, and not so many ordered n-tuples that listing
-        the ICL prompts would not finish."""
-        problems = super().check()
-        m = self.cfg.method
-        problems += self._check_screen()
+        """Also: every task that gets a synthetic set (all but the last) has a usable
+        demonstration pool, and the screen's rules can run."""
+        problems = super().check() + self.check_screen()
         for task in self.tasks[:-1]:
-            i = self.task_index(task.name)
-            if task.name in (m.demos_override or {}):
-                loc = ("method", "demos_override", task.name)
-            elif self.cfg.tasks[i].demos:
-                loc = ("tasks", i, "demos")
-            else:
-                loc = ("method", "n_demos")
-            try:
-                demos = self.demos_for(task)
-            except DataError as err:
-                problems.append(f"{err} (method.demos_override of task {task.name!r})")
-                continue
-            if len(demos) < m.n_shots:
-                problems.append(self.cfg.problem(
-                    loc, f"task {task.name!r} has {len(demos)} demonstrations for SSR synthesis; "
-                         f"method.n_shots = {m.n_shots} needs at least that many"))
-            elif math.perm(len(demos), m.n_shots) > MAX_ICL_TUPLES:
-                problems.append(self.cfg.problem(
-                    ("method", "n_shots"), f"{len(demos)} demonstrations of task {task.name!r} give "
-                    f"{math.perm(len(demos), m.n_shots)} ordered {m.n_shots}-tuples to draw prompts from "
-                    f"(at most {MAX_ICL_TUPLES}); use fewer demonstrations or a smaller n_shots"))
+            problems += self.check_demos(task)
         return problems
 
-    def _check_screen(self) -> list[str]:
+    def check_demos(self, task: Task) -> list[str]:
+        """The task's demonstration pool (its `demos` file, `method.demos_override`, or the last
+        `method.n_demos` train rows) holds at least `method.n_shots`, and not so many ordered
+        n-tuples that listing the ICL prompts would not finish."""
+        m = self.cfg.method
+        i = self.task_index(task.name)
+        if task.name in (m.demos_override or {}):
+            loc = ("method", "demos_override", task.name)
+        elif self.cfg.tasks[i].demos:
+            loc = ("tasks", i, "demos")
+        else:
+            loc = ("method", "n_demos")
+        try:
+            demos = self.demos_for(task)
+        except DataError as err:
+            return [f"{err} (method.demos_override of task {task.name!r})"]
+        if len(demos) < m.n_shots:
+            return [self.cfg.problem(loc, f"task {task.name!r} has {len(demos)} demonstrations for SSR synthesis; "
+                                          f"method.n_shots = {m.n_shots} needs at least that many")]
+        if math.perm(len(demos), m.n_shots) > MAX_ICL_TUPLES:
+            return [self.cfg.problem(("method", "n_shots"), f"{len(demos)} demonstrations of task {task.name!r} give "
+                                     f"{math.perm(len(demos), m.n_shots)} ordered {m.n_shots}-tuples to draw prompts from "
+                                     f"(at most {MAX_ICL_TUPLES}); use fewer demonstrations or a smaller n_shots")]
+        return []
+
+    def check_screen(self) -> list[str]:
         """The screen's callable imports and its classifier is a model directory."""
         screen = self.cfg.method.screen
         problems = []
