@@ -103,6 +103,17 @@ def _log_count(run_dir: Path, marker: str) -> int:
     return log.read_text(errors="replace").count(marker) if log.exists() else 0
 
 
+# Where a kill landed, from the last line of run.log (each step logs a line when it starts).
+LANDINGS = (("training on", "training"), ("synthesizing", "synthesis"), ("refining", "refinement"),
+            ("evaluating", "evaluation"), ("results:", "after the results"), ("run ", "loading"))
+
+
+def landed_in(last_log_line: str) -> str:
+    if not last_log_line:
+        return "start-up (before the directory was claimed)"
+    return next((name for marker, name in LANDINGS if marker in last_log_line), "between steps")
+
+
 def kill_point(config: Path, out: Path, phase: str, reference_log: str, reference_seconds: float,
                rng: random.Random) -> dict:
     """Start a run, SIGKILL it in `phase`, rerun it to the end. Returns what happened."""
@@ -119,15 +130,15 @@ def kill_point(config: Path, out: Path, phase: str, reference_log: str, referenc
         target = f"{phase} #{occurrence}"
         while _log_count(out, marker) < occurrence and proc.poll() is None:
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.1))  # synthesis and refinement of the tiny model last well under a second
     killed = proc.poll() is None
     if killed:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
-    point = {"phase": phase, "target": target, "killed": killed,
-             "killed_after_s": round(time.monotonic() - started, 2),
-             "last_log_line": ((out / "run.log").read_text(errors="replace").strip().splitlines() or [""])[-1][20:]
-             if (out / "run.log").exists() else "(before the run directory was claimed)"}
+    last_line = ((out / "run.log").read_text(errors="replace").strip().splitlines() or [""])[-1] \
+        if (out / "run.log").exists() else ""
+    point = {"phase": phase, "target": target, "killed": killed, "landed": landed_in(last_line),
+             "killed_after_s": round(time.monotonic() - started, 2), "last_log_line": last_line[24:]}
     finish(start_run(config, out))
     return point
 
@@ -152,10 +163,13 @@ def run_harness(points: int, seed: int, work: Path, echo=print) -> dict:
         point["differences"] = compare(reference, out)
         point["identical"] = not point["differences"]
         results.append(point)
-        echo(f"[{k + 1}/{points}] {phase:<10} {point['target']:<16} killed={point['killed']!s:<5} "
-             f"identical={point['identical']}  last step: {point['last_log_line'][:70]}")
+        echo(f"[{k + 1}/{points}] aimed at {point['target']:<16} killed={point['killed']!s:<5} landed in "
+             f"{point['landed']:<12} identical={point['identical']}  last log line: {point['last_log_line'][:60]}")
     killed = [p for p in results if p["killed"]]
-    return {"points": points, "killed": len(killed), "identical": sum(p["identical"] for p in killed),
+    landed: dict[str, int] = {}
+    for p in killed:
+        landed[p["landed"]] = landed.get(p["landed"], 0) + 1
+    return {"points": points, "killed": len(killed), "identical": sum(p["identical"] for p in killed), "landed": landed,
             "reference_seconds": round(reference_seconds, 1), "seed": seed, "results": results}
 
 
@@ -170,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     summary = run_harness(args.points, args.seed, work)
     print(f"{summary['killed']} kill points, {summary['identical']} identical "
-          f"({summary['points'] - summary['killed']} runs finished before their kill)")
+          f"({summary['points'] - summary['killed']} runs finished before their kill); landed in: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(summary["landed"].items(), key=lambda kv: -kv[1])))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if summary["identical"] == summary["killed"] else 1
