@@ -50,7 +50,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     entry = next((t for t in cfg.tasks if t.name == args.task), None)
     if entry is None:
         raise ConfigError(f"--task {args.task!r} is not in the config (tasks: {[t.name for t in cfg.tasks]})")
-    task = load_task(entry, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens)
+    task = load_task(entry, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens, cfg.seed)
     out = Path(args.output_dir)
     models = ModelState(cfg, out)
     models.base()

@@ -218,7 +218,7 @@ def run(cfg: RunConfig, output_dir: str | Path) -> dict:
 
 
 def _run(cfg: RunConfig, run_dir: Path) -> dict:
-    tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens) for t in cfg.tasks]
+    tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens, cfg.seed) for t in cfg.tasks]
     method: Method = get_method(cfg.method.name)(cfg, tasks)
     ctx = RunContext(cfg, run_dir, tasks, ModelState(cfg, run_dir))
     log.info("run %s: method %s, tasks %s", run_dir, method.name, [t.name for t in tasks])
