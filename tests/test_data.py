@@ -149,3 +149,11 @@ def test_shared_sa_subsets_hold_both_labels():
     )
     for split in (task.train, task.eval, task.demos):
         assert {inst.output for inst in split} == {"positive", "negative"}
+
+
+def test_task_language_is_detected_unless_configured(tmp_path):
+    rows = [{"id": str(i), "input": f"song {i}", "output": f"la canción {i}", "full_prompt": f"Translate.\n\nsong {i}",
+             "task_name": "trans"} for i in range(4)]
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    assert load_task(TaskConfig(name="t", eval=str(tmp_path / "t.jsonl")), DataConfig()).language == "non-en"
+    assert load_task(TaskConfig(name="t", eval=str(tmp_path / "t.jsonl"), language="en"), DataConfig()).language == "en"

@@ -198,7 +198,7 @@ def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str], get_model) -
             cfg = ctx.cfg
             with ctx.timed(f"eval {stage.name} {name}"):
                 rows = evaluate_task(ctx.models.generator(get_model()), ctx.models.template, task,
-                                     cfg.train.max_source_length, task.max_new_tokens)
+                                     cfg.train.max_source_length, task.max_new_tokens, cfg.eval.scorer)
                 write_jsonl(path, rows)
             log.info("stage %s, task %s: ROUGE-L %.2f", stage.name, name, score_predictions(rows)["rougeL"])
         scores[name] = score_predictions(read_jsonl(path))["rougeL"]
