@@ -120,7 +120,8 @@ def select_candidates(candidates: list[dict], demos: list[Instance], train_size:
     k = target_size(len(kept), train_size, cfg.ratio, cfg.per_task)
     fit = [d.input for d in demos] if cfg.kmeans_fit == "demos" else None
     chosen = select([c["input"] for c in kept], k, cfg.selection_or_default, seed,
-                    n_clusters=cfg.n_clusters, embedding_model=cfg.embedding_model, fit_texts=fit)
+                    n_clusters=cfg.n_clusters, embedding_model=cfg.embedding_model, fit_texts=fit,
+                    embedding_pooling=cfg.embedding_pooling)
     for c in candidates:
         c["cluster"], c["selected"] = None, False
     for i, c in enumerate(kept):
