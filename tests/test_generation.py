@@ -70,7 +70,7 @@ def test_finish_reason_says_whether_eos_ended_the_generation(tiny_model_dir):
         got = HFGenerator(model, tok, batch_size=4, show_progress=False).generate(prompts, params)
         for prompt, (completion,) in zip(prompts, got):
             # the plain path: transformers' generate on the prompt alone, EOS among the new tokens?
-            new = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
+            new = model.generate(input_ids=torch.tensor([prompt], device=model.device), max_new_tokens=40, do_sample=False,
                                  pad_token_id=tok.pad_token_id)[0, len(prompt):]
             assert completion.finish_reason == ("stop" if tok.eos_token_id in new.tolist() else "length")
             assert completion.cut == (completion.finish_reason == "length")
