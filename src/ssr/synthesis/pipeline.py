@@ -65,7 +65,7 @@ def generate_candidates(
     for prompt, samples in zip(usable, continuations):
         for sample, text in enumerate(samples):
             stats["generations"] += 1
-            cut = getattr(text, "finish_reason", "stop") == "length"
+            cut = text.cut  # ended by length, not EOS: the last chunk was cut
             stats["generations_ended_by_length"] += cut
             base = {"prompt_id": prompt.id, "demo_ids": list(prompt.demo_ids), "sample": sample, "continuation": str(text),
                     "finish_reason": "length" if cut else "stop"}
