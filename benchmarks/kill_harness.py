@@ -44,14 +44,22 @@ IGNORED_FILES = {"run.log", "timings.jsonl", ".lock"}
 
 def build_setup(work: Path) -> Path:
     """Toy tasks, the tiny model and an SSR config in `work`; returns the config path."""
-    from conftest import build_tiny_model, tiny_config, write_toy_tasks
+    from conftest import build_tiny_model, rewire_eos_rate, tiny_config, write_toy_tasks
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     (work / "tasks").mkdir(parents=True, exist_ok=True)
     (work / "model").mkdir(exist_ok=True)
     task_dir = write_toy_tasks(work / "tasks")
     model_dir = build_tiny_model(work / "model", task_dir)
+    # The ICL model: the tiny model rewired to end its generations by EOS (as tests/test_ssr_method.py
+    # does), so synthesis keeps candidates and refinement has work to do.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    stopping = LlamaForCausalLM.from_pretrained(model_dir)
+    rewire_eos_rate(stopping, tokenizer.eos_token_id, 3.0)
+    stopping.save_pretrained(work / "icl-model")
+    tokenizer.save_pretrained(work / "icl-model")
     cfg = tiny_config(task_dir, model_dir, "ssr", tasks=("reverse", "upper"), selection="random", max_prompts=6,
-                      samples_per_prompt=2, synth_max_new_tokens=24, batch_size=8)
+                      samples_per_prompt=2, synth_max_new_tokens=12, batch_size=8, icl_model=str(work / "icl-model"))
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

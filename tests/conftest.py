@@ -98,3 +98,36 @@ def tiny_config(task_dir: Path, model_dir: Path, method: str = "sequential", tas
         "method": {"name": method, **method_opts},
         "tasks": [{"name": t, "train": f"{t}.train.jsonl", "eval": f"{t}.eval.jsonl", "demos": f"{t}.demos.jsonl"} for t in tasks],
     }
+
+
+def rewire_eos_rate(model, eos_id: int, eos_logit: float) -> None:
+    """Give EOS a logit of about `eos_logit` at every step, whatever the context.
+
+    Residual dimension 0 is held constant: every token embeds 1.0 there and no layer writes to
+    it, so after the final RMSNorm it is a positive constant (about sqrt(hidden size)); the
+    output layer reads only EOS from it. The random tiny model otherwise almost never stops.
+    """
+    import torch
+
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0, :] = 0
+            layer.mlp.down_proj.weight[0, :] = 0
+        model.lm_head.weight[:, 0] = 0
+        model.lm_head.weight[eos_id, 0] = eos_logit / model.config.hidden_size ** 0.5
+
+
+@pytest.fixture(scope="session")
+def stopping_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model rewired so that its sampled generations end by EOS after a few tokens
+    (EOS logit 3: about one step in six under the synthesis sampler)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("stopping-llama")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    rewire_eos_rate(model, tokenizer.eos_token_id, 3.0)
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d

@@ -14,6 +14,9 @@ def test_defaults_follow_the_paper():
     assert (cfg.train.lr, cfg.train.scheduler, cfg.train.max_grad_norm) == (2e-4, "cosine", 1.0)
     assert cfg.train.batch_size * cfg.train.grad_accum == 32
     assert (cfg.method.temperature, cfg.method.top_p, cfg.method.repetition_penalty) == (0.9, 0.6, 1.2)
+    # the release's lengths: 512 new tokens when evaluating, 2048 tokens per synthesis sample
+    assert (cfg.eval.max_new_tokens, cfg.method.synth_max_length, cfg.method.synth_max_new_tokens) == (512, 2048, None)
+    assert (cfg.eval.scorer, cfg.method.embedding_pooling) == ("superni", "mean")
 
 
 def test_unknown_key_is_named():
@@ -89,3 +92,15 @@ def test_shipped_configs_are_valid():
     assert len(paths) >= 2
     for path in paths:
         load_config(path)
+
+
+def test_cpu_configs_keep_their_own_generation_budgets():
+    """The release's 512-token answers and uncapped synthesis would blow the CPU configs' time
+    budgets: each sets its answer length (run-wide or per task) and caps synthesis."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in [*sorted((root / "configs").glob("*.yaml")), root / "src" / "ssr" / "configs" / "demo.yaml"]:
+        raw = yaml.safe_load(path.read_text())
+        assert raw.get("eval", {}).get("max_new_tokens") or all("max_new_tokens" in t for t in raw["tasks"]), path
+        assert raw["method"].get("synth_max_new_tokens"), path

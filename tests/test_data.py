@@ -79,10 +79,47 @@ def test_definitions_must_agree(tmp_path):
         load_task(TaskConfig(name="t", train=str(tmp_path / "mix.jsonl")), DataConfig())
 
 
-def test_demos_default_to_the_last_training_rows(tmp_path):
-    write_jsonl(tmp_path / "t.jsonl", make_task_rows("upper", 30, seed=0))
-    task = load_task(TaskConfig(name="t", train=str(tmp_path / "t.jsonl")), DataConfig(max_train_examples=10), n_demos=20)
-    assert len(task.train) == 10 and len(task.demos) == 20 and task.demos[-1].id == "upper-0-29"
+def _sorted_by_label(n_per_class: int) -> list[dict]:
+    """A two-class task whose file holds every `positive` row first (like the shared sa split)."""
+    rows = []
+    for label in ("positive", "negative"):
+        for i in range(n_per_class):
+            text = f"review {label} {i}"
+            rows.append({"id": f"{label}-{i}", "input": text, "output": label,
+                         "full_prompt": f"Classify the review.\n\n{text}", "task_name": "sorted"})
+    return rows
+
+
+def test_caps_and_demo_pool_keep_every_class_of_a_sorted_file(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", _sorted_by_label(50))
+    write_jsonl(tmp_path / "eval.jsonl", _sorted_by_label(20))
+    cfg = TaskConfig(name="t", train=str(tmp_path / "train.jsonl"), eval=str(tmp_path / "eval.jsonl"))
+    task = load_task(cfg, DataConfig(max_train_examples=8), n_demos=6, max_eval=8, seed=3)
+    for split, n in ((task.train, 8), (task.eval, 8), (task.demos, 6)):
+        labels = [inst.output for inst in split]
+        assert len(split) == n and labels.count("positive") == labels.count("negative") == n // 2
+        # kept rows stay in file order
+        order = [int(inst.id.split("-")[1]) + (1000 if inst.output == "negative" else 0) for inst in split]
+        assert order == sorted(order)
+
+
+def test_caps_are_seeded_samples(tmp_path):
+    write_jsonl(tmp_path / "t.jsonl", make_task_rows("upper", 40, seed=0))
+    cfg = TaskConfig(name="t", train=str(tmp_path / "t.jsonl"))
+    ids = lambda seed: [i.id for i in load_task(cfg, DataConfig(max_train_examples=10), seed=seed).train]  # noqa: E731
+    assert ids(1) == ids(1)
+    assert ids(1) != ids(2)
+    assert ids(1) != [f"upper-0-{i}" for i in range(10)]  # not the first rows
+    assert len(load_task(cfg, DataConfig(), seed=1).train) == 40  # no cap: every row
+
+
+def test_builtin_task_caps_are_stratified():
+    full = load_task(TaskConfig(name="sentiment", builtin=True), DataConfig())
+    task = load_task(TaskConfig(name="sentiment", builtin=True), DataConfig(max_train_examples=8), max_eval=8, seed=0)
+    for split, whole in ((task.train, full.train), (task.eval, full.eval)):
+        share = sum(inst.output == "positive" for inst in whole) / len(whole)
+        positives = sum(inst.output == "positive" for inst in split)
+        assert len(split) == 8 and abs(positives - 8 * share) < 1  # each class its share, rounded
 
 
 def test_cli_bad_row_exits_2_with_location(tmp_path, capsys):
@@ -102,3 +139,21 @@ def test_shared_superni_split_loads():
     assert (len(task.train), len(task.eval), len(task.demos)) == (2000, 500, 20)
     assert task.definition.startswith("In this task, You are given a review")
     assert {d.output for d in task.demos} == {"positive", "negative"}
+
+
+@pytest.mark.skipif(not SHARED_SUPERNI.is_dir(), reason="shared SuperNI data (../shared/data/superni) is absent in this checkout")
+def test_shared_sa_subsets_hold_both_labels():
+    task = load_task(
+        TaskConfig(name="sa", train=str(SHARED_SUPERNI / "sa.train.smp01.jsonl"), eval=str(SHARED_SUPERNI / "sa.eval.jsonl")),
+        DataConfig(max_train_examples=8), n_demos=20, max_eval=8, seed=42,
+    )
+    for split in (task.train, task.eval, task.demos):
+        assert {inst.output for inst in split} == {"positive", "negative"}
+
+
+def test_task_language_is_detected_unless_configured(tmp_path):
+    rows = [{"id": str(i), "input": f"song {i}", "output": f"la canción {i}", "full_prompt": f"Translate.\n\nsong {i}",
+             "task_name": "trans"} for i in range(4)]
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    assert load_task(TaskConfig(name="t", eval=str(tmp_path / "t.jsonl")), DataConfig()).language == "non-en"
+    assert load_task(TaskConfig(name="t", eval=str(tmp_path / "t.jsonl"), language="en"), DataConfig()).language == "en"

@@ -54,3 +54,44 @@ def test_gumbel_nucleus_samples_the_renormalised_distribution():
     frequencies = torch.bincount(draws, minlength=50).float() / len(draws)
     assert frequencies[expected == 0].sum() == 0  # never outside the nucleus
     assert torch.allclose(frequencies, expected, atol=0.015)  # 20k draws: standard error <= 0.0035
+
+
+def test_finish_reason_says_whether_eos_ended_the_generation(tiny_model_dir):
+    from conftest import rewire_eos_rate
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_base_model(str(tiny_model_dir))
+    texts = ["Reverse the word.\n\nInput: apple\nOutput:", "Count the letters in stone", "x", "upper case river"]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    params = SamplingParams(max_new_tokens=40)
+    for eos_logit in (None, 40.0, -40.0):  # as built; EOS always first; EOS never
+        if eos_logit is not None:
+            rewire_eos_rate(model, tok.eos_token_id, eos_logit)
+        got = HFGenerator(model, tok, batch_size=4, show_progress=False).generate(prompts, params)
+        for prompt, (completion,) in zip(prompts, got):
+            # the plain path: transformers' generate on the prompt alone, EOS among the new tokens?
+            new = model.generate(input_ids=torch.tensor([prompt], device=model.device), max_new_tokens=40, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)[0, len(prompt):]
+            assert completion.finish_reason == ("stop" if tok.eos_token_id in new.tolist() else "length")
+            assert completion.cut == (completion.finish_reason == "length")
+        if eos_logit is not None:
+            assert {c.finish_reason for (c,) in got} == {"stop" if eos_logit > 0 else "length"}
+
+
+def test_max_total_tokens_bounds_prompt_plus_generation(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_base_model(str(tiny_model_dir))
+    prompts = [tok(t)["input_ids"] for t in ("Reverse the word apple river stone cloud", "x y")]
+    total = max(len(p) for p in prompts) + 6
+    one = HFGenerator(model, tok, batch_size=1, show_progress=False)
+    bounded = one.generate(prompts, SamplingParams(max_new_tokens=100, max_total_tokens=total))
+    for prompt, (completion,) in zip(prompts, bounded):  # alone: exactly the room the prompt leaves
+        (expected,) = one.generate([prompt], SamplingParams(max_new_tokens=total - len(prompt)))[0]
+        assert completion == expected
+    # in one batch, the longest prompt sets the room for every row
+    batched = HFGenerator(model, tok, batch_size=2, show_progress=False).generate(
+        prompts, SamplingParams(max_new_tokens=100, max_total_tokens=total))
+    assert [c for (c,) in batched] == [one.generate([p], SamplingParams(max_new_tokens=6))[0][0] for p in prompts]
+    # no room at all: an empty continuation that ended by length
+    (empty,) = one.generate([prompts[0]], SamplingParams(max_new_tokens=5, max_total_tokens=len(prompts[0])))[0]
+    assert empty == "" and empty.finish_reason == "length"

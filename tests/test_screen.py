@@ -72,11 +72,12 @@ def test_screen_is_validated_before_any_model(tmp_path, capsys, task_dir, tiny_m
     assert "field 'method.screen.callable': cannot import module 'no_such_module'" in capsys.readouterr().err
 
 
-def test_screened_candidates_are_counted_in_the_stats(tmp_path, task_dir, tiny_model_dir):
-    """Synthesis on the tiny model with a rule that fires on every word: nothing is kept, and
-    the stats count what the candidates file says."""
+def test_screened_candidates_are_counted_in_the_stats(tmp_path, task_dir, tiny_model_dir, stopping_model_dir):
+    """Synthesis on the tiny model (rewired to end its generations, so candidates survive the
+    other filters) with a rule that fires on every word: nothing is kept, and the stats count
+    what the candidates file says."""
     cfg = tiny_config(task_dir, tiny_model_dir, "ssr", selection="random", max_prompts=4, samples_per_prompt=2,
-                      synth_max_new_tokens=16, screen={"patterns": [r"\w"]})
+                      synth_max_new_tokens=12, icl_model=str(stopping_model_dir), screen={"patterns": [r"\w"]})
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     assert main(["synth", str(tmp_path / "cfg.yaml"), "--task", "reverse", "-o", str(tmp_path / "out")]) == 0
     candidates = [json.loads(line) for line in (tmp_path / "out" / "synthetic" / "reverse.candidates.jsonl").open()]

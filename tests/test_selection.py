@@ -68,3 +68,36 @@ def test_select_with_the_packaged_encoder():
     texts = [f"a review about {w} that was great" for w in "apples pears phones cables cars bikes".split()]
     sel = select(texts, 3, "kmeans", seed=0, n_clusters=3)
     assert len(sel.indices) == 3 and sel.indices == select(texts, 3, "kmeans", seed=0, n_clusters=3).indices
+
+
+def test_embedding_pooling_mean_cls_and_pooler(tmp_path):
+    """Each pooling against the encoder's own outputs, computed here directly."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from ssr.selection import embed
+
+    words = "apple river stone cloud green quick seven table".split()
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=64)).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    texts = ["apple river", "stone cloud green quick", "seven"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = {
+        "cls": out.last_hidden_state[:, 0],
+        "pooler": out.pooler_output,
+        "mean": (out.last_hidden_state * mask).sum(1) / mask.sum(1),
+    }
+    got = {}
+    for pooling, vectors in expected.items():
+        got[pooling] = embed(texts, str(tmp_path), pooling=pooling)
+        want = torch.nn.functional.normalize(vectors, dim=-1).numpy()
+        assert np.allclose(got[pooling], want, atol=1e-5), pooling
+    assert not np.allclose(got["cls"], got["pooler"], atol=1e-3)

@@ -17,9 +17,16 @@ TASKS = ["reverse", "upper", "count"]
 SSR_OPTS = dict(per_task=3, n_clusters=2, max_prompts=5, samples_per_prompt=2, synth_max_new_tokens=12, batch_size=8)
 
 
-def test_ssr_end_to_end(task_dir, tiny_model_dir, tmp_path):
+def ssr_opts(stopping_model_dir) -> dict:
+    """SSR settings for the tiny runs. The ICL model is the tiny model rewired to end its
+    generations by EOS: the random tiny model almost never stops, and the cut last chunk of a
+    generation that ended by length is never kept, so it would leave nothing to rehearse."""
+    return {**SSR_OPTS, "icl_model": str(stopping_model_dir)}
+
+
+def test_ssr_end_to_end(task_dir, tiny_model_dir, stopping_model_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "ssr", **SSR_OPTS))
+    cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "ssr", **ssr_opts(stopping_model_dir)))
     results = run(cfg, out)
     assert len(results["scores"]) == 4 and results["BWT"] is not None
 
@@ -58,9 +65,9 @@ def test_ssr_end_to_end(task_dir, tiny_model_dir, tmp_path):
         assert all(r["refined"] for r in rehearsed)
 
 
-def test_ssr_synth_command_on_its_own(task_dir, tiny_model_dir, tmp_path, capsys):
+def test_ssr_synth_command_on_its_own(task_dir, tiny_model_dir, stopping_model_dir, tmp_path, capsys):
     cfg_path = tmp_path / "cfg.yaml"
-    cfg = tiny_config(task_dir, tiny_model_dir, "ssr", **SSR_OPTS)
+    cfg = tiny_config(task_dir, tiny_model_dir, "ssr", **ssr_opts(stopping_model_dir))
     cfg_path.write_text(json.dumps(cfg))  # JSON is YAML
     assert main(["synth", str(cfg_path), "--task", "upper", "-o", str(tmp_path / "s"), "--set", "method.refine=false"]) == 0
     rows = read_jsonl(tmp_path / "s" / "synthetic" / "upper.jsonl")
@@ -69,7 +76,7 @@ def test_ssr_synth_command_on_its_own(task_dir, tiny_model_dir, tmp_path, capsys
     assert main(["synth", str(cfg_path), "--task", "nope", "-o", str(tmp_path / "s")]) == 2
 
 
-def test_ablation_switches_and_artifacts_load_with_datasets(task_dir, tiny_model_dir, tmp_path):
+def test_ablation_switches_and_artifacts_load_with_datasets(task_dir, tiny_model_dir, stopping_model_dir, tmp_path):
     """Random selection, supervised K-means, input-only demos, other demos, another ICL model."""
     import datasets
 
@@ -84,7 +91,7 @@ def test_ablation_switches_and_artifacts_load_with_datasets(task_dir, tiny_model
         "icl_model": [f"method.icl_model={tiny_model_dir}"],
     }
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(json.dumps(tiny_config(task_dir, tiny_model_dir, "ssr", **SSR_OPTS)))
+    cfg_path.write_text(json.dumps(tiny_config(task_dir, tiny_model_dir, "ssr", **ssr_opts(stopping_model_dir))))
     for name, overrides in variants.items():
         out = tmp_path / name
         args = ["synth", str(cfg_path), "--task", "upper", "-o", str(out)] + [a for o in overrides for a in ("--set", o)]

@@ -36,8 +36,11 @@ def test_all_ordered_pairs_and_capping():
 def test_parser_splits_several_instances():
     text = " great phone\nOutput: positive\n\nInput: broke in a day\nOutput: negative\nOutput: extra\n\nInput: half"
     parsed = parse_continuation(text)
-    assert [(p.input, p.output) for p in parsed] == [
-        ("great phone", "positive"), ("broke in a day", "negative"), ("half", None)]
+    assert [(p.input, p.output, p.verdict) for p in parsed] == [
+        ("great phone", "positive", None), ("broke in a day", "negative", "multiple_outputs"), ("half", None, None)]
+    # a generation that ended by length: its last chunk was cut
+    assert [p.verdict for p in parse_continuation(text, complete=False)] == [None, "multiple_outputs", "truncated"]
+    assert [p.verdict for p in parse_continuation(text + "\n\nInput:", complete=False)] == [None, "multiple_outputs", None]
     assert parse_continuation("   ") == [] and parse_continuation("Input:Input:") == []
     assert parse_continuation("x\nOutput:") == [parse_continuation("x\nOutput:")[0]] and parse_continuation("x\nOutput:")[0].output == ""
 
@@ -74,3 +77,49 @@ def test_filter_verdicts():
     cands = [{"input": "only input", "base_output": None, "verdict": None}]
     filter_candidates(cands, task, DEMOS, _CharTokenizer(), MethodConfig(name="ssr", refine=False))
     assert cands[0]["verdict"] == "no_output"  # without refinement an input-only candidate has nothing to teach
+
+
+def _synthesize(model_dir, tokenizer_dir, context_length=512, eos_logit=None, **opts):
+    from conftest import rewire_eos_rate
+    from ssr.generation import HFGenerator
+    from ssr.models import load_base_model, load_tokenizer
+    from ssr.synthesis.pipeline import synthesize
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    model = load_base_model(str(model_dir))
+    if eos_logit is not None:
+        rewire_eos_rate(model, tok.eos_token_id, eos_logit)
+    demos = [Instance(f"d{i}", f"apple river {w}", f"{w} river apple", "Reverse the words.")
+             for i, w in enumerate(("stone", "cloud", "green", "seven"))]
+    task = Task("t", "Reverse the words.", train=demos * 10, demos=demos)
+    cfg = MethodConfig(name="ssr", max_prompts=8, samples_per_prompt=2, selection="random", per_task=50, **opts)
+    generator = HFGenerator(model, tok, 16, show_progress=False)
+    return synthesize(task, demos, generator, tok, context_length, cfg, seed=0)
+
+
+def test_the_cut_last_chunk_of_a_generation_ended_by_length_is_truncated_and_never_kept(tiny_model_dir, stopping_model_dir):
+    candidates, stats, _ = _synthesize(stopping_model_dir, tiny_model_dir, synth_max_new_tokens=12)
+    by_generation: dict = {}
+    for c in candidates:
+        by_generation.setdefault((c["prompt_id"], c["sample"]), []).append(c)
+    reasons = [g[0]["finish_reason"] for g in by_generation.values()]
+    assert "stop" in reasons and "length" in reasons  # both kinds of ending occur here
+    expected_truncated = 0
+    for chunks in by_generation.values():
+        cut = chunks[0]["finish_reason"] == "length" and chunks[0]["continuation"].split("Input:")[-1].strip() != ""
+        expected_truncated += cut
+        assert [c["verdict"] == "truncated" for c in chunks] == [False] * (len(chunks) - 1) + [cut]
+    assert stats["generations_ended_by_length"] == reasons.count("length")
+    assert stats.get("verdict_truncated", 0) == expected_truncated > 0
+    assert stats["verdict_kept"] > 0 and not any(c["selected"] for c in candidates if c["verdict"] != "kept")
+
+
+def test_generation_length_follows_the_context_rule(tiny_model_dir):
+    # no cap: a model that never stops (EOS logit -50) runs until prompt + generation reach synth_max_length
+    candidates, stats, prompts = _synthesize(tiny_model_dir, tiny_model_dir, eos_logit=-50.0, synth_max_length=60)
+    assert stats["generations_ended_by_length"] == stats["generations"] == 16
+    last_chunks = {(c["prompt_id"], c["sample"]): c for c in candidates}  # the last candidate of each generation
+    assert all(c["verdict"] == "truncated" for c in last_chunks.values() if c["continuation"].split("Input:")[-1].strip())
+    # prompts with no room left are skipped: by synth_max_length, or by the context window
+    assert _synthesize(tiny_model_dir, tiny_model_dir, synth_max_length=20)[1]["prompts_skipped_too_long"] == 8
+    assert _synthesize(tiny_model_dir, tiny_model_dir, context_length=20)[1]["prompts_skipped_too_long"] == 8

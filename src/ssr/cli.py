@@ -53,7 +53,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if entry is None:
         raise ConfigError(f"--task {args.task!r} is not in the config (tasks: {[t.name for t in cfg.tasks]})")
     check_model_source(cfg)
-    task = load_task(entry, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens)
+    task = load_task(entry, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens, cfg.seed)
     method = SelfSynthesizedRehearsal(cfg, [task])
     problems = method.check_screen() + method.check_demos(task)
     if problems:

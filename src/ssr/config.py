@@ -37,7 +37,8 @@ class ModelConfig(_Strict):
     """Run Python code shipped with a model (its own modelling files); off unless set."""
     allow_pickle: bool = False
     """Load weights and adapters from pickle files (`.bin`, `.pt`); by default only safetensors."""
-    template: Literal["auto", "raw", "chat", "alpaca", "llama2"] = "auto"
+    template: Literal["auto", "vanilla", "raw", "chat", "alpaca", "llama2"] = "auto"
+    """Prompt format (README, "Prompt templates"); `auto` = the chat template, else `vanilla`."""
     cache_dir: str | None = None
     """Where GGUF models are converted to safetensors once (default: $SSR_CACHE or ~/.cache/ssr)."""
 
@@ -54,6 +55,9 @@ class TaskConfig(_Strict):
     """Overrides the definition found in the data (required for plain JSONL without `instruction`)."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Answer length for this task (evaluation and SSR refinement); default `eval.max_new_tokens`."""
+    language: str | None = Field(default=None, min_length=1)
+    """Language of the references (`en`, `es`, ...); default: detected from them. Picks the
+    `superni` scorer's tokenizer."""
 
     @field_validator("name")
     @classmethod
@@ -82,15 +86,20 @@ class DataConfig(_Strict):
     dir: str | None = None
     """Base directory for relative task paths (default: the config file's directory)."""
     max_train_examples: int | None = Field(default=None, ge=1)
-    """Keep the first N training rows of each task (the paper's split is already ordered)."""
+    """Keep N training rows per task: a seeded sample, stratified by class for classification tasks."""
     skip_bad_rows: bool = False
     """Skip malformed rows (and report how many) instead of failing on the first one."""
 
 
 class EvalConfig(_Strict):
     max_examples: int | None = Field(default=None, ge=1)
+    """Evaluate on N rows per task: a seeded sample, stratified by class (like the training cap)."""
     batch_size: int = Field(default=16, ge=1)
-    max_new_tokens: int = Field(default=128, ge=1)
+    max_new_tokens: int = Field(default=512, ge=1)
+    """Greedy answer length (the release's 512); per-task `max_new_tokens` overrides it."""
+    scorer: Literal["superni", "release"] = "superni"
+    """`superni`: rouge-score ROUGE-L (English: stemmer; other languages: Unicode words).
+    `release`: jieba + rouge-chinese, as the paper's release computed its tables."""
     schedule: Literal["all", "metrics"] = "all"
     """`all`: every task after every stage (the full matrix, as in the paper). `metrics`: only
     the cells AR, FWT and BWT use (task i after stages i-1 and i, every task after the last)."""
@@ -175,17 +184,26 @@ class MethodConfig(_Strict):
     n_clusters: int = Field(default=20, ge=1)
     embedding_model: str = Field(default="all-MiniLM-L6-v2", min_length=1)
     """sentence-transformers model: the packaged all-MiniLM-L6-v2, any model id or a path."""
+    embedding_pooling: Literal["mean", "cls", "pooler"] = "mean"
+    """How a text's vector is formed: `mean` (sentence-transformers' pooling), `cls` (first
+    token's last hidden state) or `pooler` (the model's pooler output, as SimCSE in the paper)."""
 
     # --- SSR (ignored by the other methods) ---
     n_demos: int = Field(default=20, ge=2)
-    """Size of the demonstration pool when a task gives no `demos` file (last N train rows)."""
+    """Size of the demonstration pool when a task gives no `demos` file (a seeded, class-stratified sample of train)."""
     n_shots: int = Field(default=2, ge=1)
     max_prompts: int | None = Field(default=None, ge=1)
     samples_per_prompt: int = Field(default=3, ge=1)
     temperature: float = Field(default=0.9, gt=0)
     top_p: float = Field(default=0.6, gt=0, le=1)
     repetition_penalty: float = Field(default=1.2, gt=0)
-    synth_max_new_tokens: int = Field(default=256, ge=8)
+    synth_max_length: int = Field(default=2048, ge=16)
+    """Prompt + generation tokens per synthesis sample (the release's 2048), capped by the
+    model's context window; a sample that reaches it ends by length and its last chunk is
+    `truncated` (never kept)."""
+    synth_max_new_tokens: int | None = Field(default=None, ge=8)
+    """Optional cap on new tokens per synthesis sample (CPU budgets); None = the length rule
+    alone. A capped generation that stops at the cap also has its last chunk `truncated`."""
     ignore_eos: bool = False
     """Keep sampling past the end-of-sequence token during synthesis (small chat models
     tend to end their turn after writing an input)."""

@@ -1,7 +1,18 @@
-"""Scoring: ROUGE-L and exact match with the SuperNI conventions, the score matrix, AR/FWT/BWT."""
+"""Scoring: ROUGE-L and exact match, the score matrix, AR/FWT/BWT.
+
+Two ROUGE-L scorers (`eval.scorer`), both F-measure, max over references:
+- `superni` (default): Google's rouge-score as SuperNI's compute_metrics.py uses it. English
+  references: its default tokenizer (lower case, a-z0-9 words) with the Porter stemmer. Other
+  languages: that tokenizer would drop every non-ASCII letter ("canción" -> "canci", "n"),
+  so, as SuperNI's cross-lingual scorer does with a byte-level tokenizer, words are kept
+  whole: lower-cased Unicode word characters, no stemmer.
+- `release`: the paper's release (LLaMA-Factory's ComputeMetrics): jieba segmentation,
+  rouge-chinese ROUGE-L, 0 when either side has no token.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections.abc import Sequence
@@ -14,10 +25,33 @@ from ssr.generation import Generator, SamplingParams
 from ssr.models.templates import PromptTemplate
 
 
-@lru_cache(maxsize=1)
-def _scorer() -> rouge_scorer.RougeScorer:
-    # SuperNI's default scorer (compute_metrics.py): ROUGE-L with the Porter stemmer.
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+SCORERS = ("superni", "release")
+
+
+class UnicodeWordTokenizer:
+    """Lower-cased runs of Unicode word characters: accented and non-Latin words stay whole."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+
+@lru_cache(maxsize=2)
+def _scorer(english: bool) -> rouge_scorer.RougeScorer:
+    if english:  # SuperNI's default scorer (compute_metrics.py): ROUGE-L with the Porter stemmer
+        return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=UnicodeWordTokenizer())
+
+
+def release_rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F in [0, 1] as the release computed it: jieba words, rouge-chinese, 0 if a side is empty."""
+    import jieba
+    from rouge_chinese import Rouge
+
+    jieba.setLogLevel(logging.WARNING)
+    hypothesis, target = " ".join(jieba.cut(prediction)), " ".join(jieba.cut(reference))
+    if not hypothesis.split() or not target.split():
+        return 0.0
+    return Rouge(metrics=["rouge-l"]).get_scores(hypothesis, target)[0]["rouge-l"]["f"]
 
 
 def normalize_answer(text: str) -> str:
@@ -28,9 +62,14 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def rouge_l(prediction: str, references: Sequence[str]) -> float:
-    """ROUGE-L F1 in [0, 1], the max over references."""
-    return max(_scorer().score(target=ref, prediction=prediction)["rougeL"].fmeasure for ref in references)
+def rouge_l(prediction: str, references: Sequence[str], scorer: str = "superni", language: str = "en") -> float:
+    """ROUGE-L F1 in [0, 1], the max over references, by `scorer` (see the module docstring)."""
+    if scorer == "release":
+        return max(release_rouge_l(prediction, ref) for ref in references)
+    if scorer != "superni":
+        raise ValueError(f"unknown scorer {scorer!r}; known: {SCORERS}")
+    rouge = _scorer(language == "en")
+    return max(rouge.score(target=ref, prediction=prediction)["rougeL"].fmeasure for ref in references)
 
 
 def exact_match(prediction: str, references: Sequence[str]) -> float:
@@ -70,6 +109,8 @@ def predict(
     max_source_length: int,
     max_new_tokens: int,
     desc: str = "eval",
+    scorer: str = "superni",
+    language: str = "en",
 ) -> list[dict]:
     """Greedy predictions for `instances`, each row scored against its references."""
     outputs = greedy_outputs(generator, template, [(i.definition, i.input) for i in instances],
@@ -83,15 +124,17 @@ def predict(
                 "input": inst.input,
                 "target": inst.output,
                 "prediction": prediction,
-                "rougeL": rouge_l(prediction, refs),
+                "rougeL": rouge_l(prediction, refs, scorer, language),
                 "exact_match": exact_match(prediction, refs),
             }
         )
     return rows
 
 
-def evaluate_task(generator: Generator, template: PromptTemplate, task: Task, max_source_length: int, max_new_tokens: int) -> list[dict]:
-    return predict(generator, template, task.eval, max_source_length, max_new_tokens, desc=f"eval {task.name}")
+def evaluate_task(generator: Generator, template: PromptTemplate, task: Task, max_source_length: int, max_new_tokens: int,
+                  scorer: str = "superni") -> list[dict]:
+    return predict(generator, template, task.eval, max_source_length, max_new_tokens, desc=f"eval {task.name}",
+                   scorer=scorer, language=task.language)
 
 
 def continual_metrics(scores: list[list[float | None]]) -> dict[str, float | None]:

@@ -1,7 +1,9 @@
 """Batched generation behind a small interface, so another engine (vLLM) can stand in.
 
 The Hugging Face backend sorts prompts by length, left-pads each batch and decodes with the
-KV cache; results come back in the caller's order. Sampling runs through `GumbelTopP`, an
+KV cache; results come back in the caller's order. Each continuation is a `Completion`: its
+text, and whether it ended by EOS (`stop`) or by running out of tokens (`length`), as vLLM's
+outputs say. Sampling runs through `GumbelTopP`, an
 exact nucleus sampler that avoids sorting the whole vocabulary at every step.
 """
 
@@ -24,11 +26,31 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     num_samples: int = 1
     ignore_eos: bool = False
+    max_total_tokens: int | None = None
+    """Prompt + continuation tokens at most (the context rule of synthesis); None = no bound
+    beyond `max_new_tokens`."""
+
+
+class Completion(str):
+    """A continuation's text (a `str`, so callers that want text need nothing else) and why it
+    ended: `finish_reason` is `stop` (EOS) or `length` (the token budget ran out, so the text
+    may be cut mid-instance)."""
+
+    finish_reason: str
+
+    def __new__(cls, text: str, finish_reason: str = "stop") -> Completion:
+        obj = super().__new__(cls, text)
+        obj.finish_reason = finish_reason
+        return obj
+
+    @property
+    def cut(self) -> bool:
+        return self.finish_reason == "length"
 
 
 class Generator(Protocol):
-    def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = "generate") -> list[list[str]]:
-        """For each prompt (token ids), `params.num_samples` continuations as text."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
+        """For each prompt (token ids), `params.num_samples` continuations, each a `Completion`."""
 
 
 class GumbelTopP(LogitsProcessor):
@@ -65,6 +87,14 @@ class GumbelTopP(LogitsProcessor):
         return torch.full_like(scores, -float("inf")).scatter_(1, index, noisy.to(scores.dtype))
 
 
+def _eos_ids(model, tokenizer) -> torch.Tensor:
+    """Every token id that ends a generation: the tokenizer's EOS and the model's own."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return torch.tensor(sorted(i for i in ids if i is not None), dtype=torch.long)
+
+
 class HFGenerator:
     """Generation with `model.generate` (works for PeftModel and plain models)."""
 
@@ -73,7 +103,7 @@ class HFGenerator:
         self.show_progress = show_progress
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = "generate") -> list[list[str]]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
         if not prompts:
             return []
         model, tok = self.model, self.tokenizer
@@ -83,9 +113,9 @@ class HFGenerator:
         # Every sample is a row of its own (samples of one prompt stay side by side in a batch);
         # long prompts first, so that running out of memory shows at once.
         rows = [i for i in sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) for _ in range(params.num_samples)]
-        results: list[list[str]] = [[] for _ in prompts]
+        results: list[list[Completion]] = [[] for _ in prompts]
+        eos_ids = _eos_ids(model, tok)
         kwargs = dict(
-            max_new_tokens=params.max_new_tokens,
             do_sample=False,  # sampling, when asked for, is the Gumbel-max processor's argmax
             repetition_penalty=params.repetition_penalty,
             pad_token_id=tok.pad_token_id,
@@ -103,10 +133,21 @@ class HFGenerator:
             for row, i in enumerate(batch):
                 ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]) :] = 1
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-            texts = tok.batch_decode(out[:, width:], skip_special_tokens=True)
-            for i, text in zip(batch, texts):
-                results[i].append(text.strip())
+            # The total bound counts the batch's longest prompt (rows are sorted by length, so
+            # the others lose few tokens): no row goes past it.
+            budget = params.max_new_tokens
+            if params.max_total_tokens is not None:
+                budget = min(budget, params.max_total_tokens - width)
+            if budget < 1:
+                for i in batch:
+                    results[i].append(Completion("", "length"))
+                continue
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=budget, **kwargs)
+            new_tokens = out[:, width:]
+            ends = torch.isin(new_tokens, eos_ids.to(new_tokens.device)).any(dim=1).tolist()
+            texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
+            for i, text, stopped in zip(batch, texts, ends):
+                results[i].append(Completion(text.strip(), "stop" if stopped else "length"))
         if was_training:
             model.train()
         return results

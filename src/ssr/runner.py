@@ -255,7 +255,7 @@ def prepare(cfg: RunConfig) -> tuple[list[Task], Method]:
     """Every check that needs no model, in one place (`ssr run` and `ssr validate` alike): the
     model source, every data file, and the method's plan. Returns the loaded tasks and method."""
     check_model_source(cfg)
-    tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens) for t in cfg.tasks]
+    tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens, cfg.seed) for t in cfg.tasks]
     method: Method = get_method(cfg.method.name)(cfg, tasks)
     problems = method.check()
     if problems:
@@ -285,7 +285,7 @@ def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str], get_model) -
             log.info("stage %s, task %s: evaluating", stage.name, name)
             with ctx.timed(f"eval {stage.name} {name}"):
                 rows = evaluate_task(ctx.models.generator(get_model()), ctx.models.template, task,
-                                     cfg.train.max_source_length, task.max_new_tokens)
+                                     cfg.train.max_source_length, task.max_new_tokens, cfg.eval.scorer)
                 write_jsonl(path, rows)
             log.info("stage %s, task %s: ROUGE-L %.2f", stage.name, name, score_predictions(rows)["rougeL"])
         scores[name] = score_predictions(read_jsonl(path))["rougeL"]

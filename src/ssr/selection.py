@@ -35,11 +35,47 @@ def encoder_path(name: str) -> str:
     return name
 
 
+POOLINGS = ("mean", "cls", "pooler")
+
+
 @lru_cache(maxsize=2)
 def _encoder(name: str):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(encoder_path(name), device="cpu" if not _cuda() else None)
+
+
+@lru_cache(maxsize=2)
+def _transformer(name: str):
+    """(tokenizer, model) of a plain transformers encoder, for `cls` and `pooler` pooling."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = encoder_path(name)
+    model = AutoModel.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path), model.to("cuda" if _cuda() else "cpu").eval()
+
+
+def _embed_first_token(texts: list[str], model_name: str, pooling: str, batch_size: int) -> np.ndarray:
+    """`cls`: the first token's last hidden state; `pooler`: the model's pooler output (the
+    dense + tanh over it that supervised SimCSE was trained with)."""
+    import torch
+
+    tokenizer, model = _transformer(model_name)
+    max_length = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt").to(model.device)
+            result = model(**batch)
+            if pooling == "pooler":
+                if getattr(result, "pooler_output", None) is None:
+                    raise ValueError(f"method.embedding_pooling: {model_name} has no pooler output; use cls or mean")
+                vectors = result.pooler_output
+            else:
+                vectors = result.last_hidden_state[:, 0]
+            out.append(torch.nn.functional.normalize(vectors.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
 
 
 def _cuda() -> bool:
@@ -48,8 +84,14 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def embed(texts: list[str], model_name: str, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised sentence embeddings, one row per text."""
+def embed(texts: list[str], model_name: str, batch_size: int = 64, pooling: str = "mean") -> np.ndarray:
+    """L2-normalised sentence embeddings, one row per text. `mean`: the sentence-transformers
+    model as configured (mean pooling for MiniLM and for plain transformers models); `cls` /
+    `pooler`: the first token's hidden state / the pooler output of the transformers model."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; known: {POOLINGS}")
+    if pooling != "mean":
+        return _embed_first_token(texts, model_name, pooling, batch_size)
     vectors = _encoder(model_name).encode(
         texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
     )
@@ -114,13 +156,14 @@ def kmeans_select(embeddings: np.ndarray, k: int, n_clusters: int, seed: int, fi
 
 
 def select(texts: list[str], k: int, strategy: str, seed: int, *, n_clusters: int = 20,
-           embedding_model: str = "all-MiniLM-L6-v2", fit_texts: list[str] | None = None) -> Selection:
+           embedding_model: str = "all-MiniLM-L6-v2", fit_texts: list[str] | None = None,
+           embedding_pooling: str = "mean") -> Selection:
     """Choose `k` of `texts` by `random` or `kmeans` (optionally fit on `fit_texts`)."""
     if strategy == "random":
         return random_select(len(texts), k, seed)
     if strategy != "kmeans":
         raise ValueError(f"unknown selection strategy {strategy!r}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    emb = embed(texts, embedding_model) if texts else np.zeros((0, 1), dtype=np.float32)
-    fit = embed(fit_texts, embedding_model) if fit_texts else None
+    emb = embed(texts, embedding_model, pooling=embedding_pooling) if texts else np.zeros((0, 1), dtype=np.float32)
+    fit = embed(fit_texts, embedding_model, pooling=embedding_pooling) if fit_texts else None
     return kmeans_select(emb, k, n_clusters, seed, fit)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssr.data.task import Instance, Task
+from ssr.data.subsets import sample_subset, subset_seed
+from ssr.data.task import Instance, Task, detect_language
 from ssr.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -215,16 +216,24 @@ def _check_one_definition(path: str, instances: list[Instance], given: str | Non
     return first
 
 
-def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None, max_new_tokens: int = 128) -> Task:
+def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None, max_new_tokens: int = 128,
+              seed: int = 0) -> Task:
     """Build a Task from its config entry: train, eval and demos, capped as configured.
-    `max_new_tokens` is the run's answer length, used where the task sets none."""
+
+    Caps keep a seeded, class-stratified sample in file order (see `ssr.data.subsets`), never
+    the first N rows. `max_new_tokens` is the run's answer length, used where the task sets none.
+    """
+    def subset(rows: list[Instance], n: int | None, split: str) -> list[Instance]:
+        return sample_subset(rows, n, subset_seed(seed, task_cfg.name, split))
+
     if task_cfg.builtin:
         from ssr.data.builtin import builtin_task
 
         task = builtin_task(task_cfg.name)
-        task.train = task.train[: data_cfg.max_train_examples]
-        task.eval = task.eval[:max_eval]
+        task.train = subset(task.train, data_cfg.max_train_examples, "train")
+        task.eval = subset(task.eval, max_eval, "eval")
         task.max_new_tokens = task_cfg.max_new_tokens or max_new_tokens
+        task.language = task_cfg.language or detect_language(task.eval or task.train)
         return task
     policy = RowPolicy(skip_bad_rows=data_cfg.skip_bad_rows)
     fmt, given = task_cfg.format, task_cfg.definition
@@ -232,18 +241,18 @@ def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None
         raise DataError(task_cfg.name, "a task needs at least a `train` or an `eval` file")
     train = load_instances(task_cfg.train, fmt, given, policy) if task_cfg.train else []
     evals = load_instances(task_cfg.eval, fmt, given, policy) if task_cfg.eval else []
+    natural_instructions = fmt == "natural-instructions" or (fmt == "auto" and Path(task_cfg.train or "").suffix == ".json")
     if task_cfg.demos:
         demos = load_instances(task_cfg.demos, fmt, given, policy)
-    elif task_cfg.train and (fmt == "natural-instructions" or Path(task_cfg.train).suffix == ".json"):
+    elif task_cfg.train and natural_instructions:
         demos = load_natural_instructions(Path(task_cfg.train), policy, given, key="Positive Examples")
     else:
-        demos = train[-n_demos:]  # the paper's pool: the last 1 % of the training split
+        demos = subset(train, n_demos, "demos")  # the paper's pool: 1 % of the training split, every class
     if policy.skipped:
         log.warning("task %s: skipped %d malformed rows", task_cfg.name, policy.skipped)
-    if data_cfg.max_train_examples:
-        train = train[: data_cfg.max_train_examples]
-    if max_eval:
-        evals = evals[:max_eval]
+    train = subset(train, data_cfg.max_train_examples, "train")
+    evals = subset(evals, max_eval, "eval")
     definition = _check_one_definition(task_cfg.train or task_cfg.eval, train or evals, given)
     return Task(task_cfg.name, definition, train, evals, demos, skipped_rows=policy.skipped,
-                max_new_tokens=task_cfg.max_new_tokens or max_new_tokens)
+                max_new_tokens=task_cfg.max_new_tokens or max_new_tokens,
+                language=task_cfg.language or detect_language(evals or train))

@@ -17,6 +17,6 @@ class Replay(RehearsalMethod):
         k = target_size(len(task.train), len(task.train), m.ratio, m.per_task)
         chosen = select(
             [inst.input for inst in task.train], k, m.selection_or_default, self.cfg.seed,
-            n_clusters=m.n_clusters, embedding_model=m.embedding_model,
+            n_clusters=m.n_clusters, embedding_model=m.embedding_model, embedding_pooling=m.embedding_pooling,
         )
         return [training_row(task.train[i], task.name, self.source) for i in chosen.indices]

@@ -1,9 +1,14 @@
 """Parse ICL continuations into (input, output) candidates.
 
 The continuation follows a prompt that ends in `Input:`, so its first chunk is an input.
-Split on `Input:`, then each chunk at its first `Output:`; the output ends where a further
-`Output:` begins. Every returned string is a stripped substring of the continuation: the
-parser cuts, it never writes.
+Split on `Input:`, then each chunk at its `Output:`. Every returned string is a stripped
+substring of the continuation: the parser cuts, it never writes.
+
+Two kinds of chunk are returned with a verdict, so they are recorded but never kept:
+- `multiple_outputs`: a chunk with more than one `Output:` is not an instance (the release
+  drops it too);
+- `truncated`: the last chunk of a continuation that ended by length, not EOS, was cut
+  mid-way (`complete=False`).
 """
 
 from __future__ import annotations
@@ -16,17 +21,24 @@ class ParsedInstance:
     input: str
     output: str | None
     """None when the chunk had no `Output:` marker (an input-only candidate)."""
+    verdict: str | None = None
+    """None for a candidate; `multiple_outputs` or `truncated` for a chunk that is not one."""
 
 
-def parse_continuation(text: str) -> list[ParsedInstance]:
+def parse_continuation(text: str, complete: bool = True) -> list[ParsedInstance]:
+    """Candidates of one continuation; `complete=False` when it ended by length (cut)."""
+    chunks = text.split("Input:")
     out = []
-    for chunk in text.split("Input:"):
+    for k, chunk in enumerate(chunks):
         if not chunk.strip():
             continue
-        if "Output:" in chunk:
-            x, _, rest = chunk.partition("Output:")
-            y = rest.split("Output:", 1)[0]
-            out.append(ParsedInstance(x.strip(), y.strip()))
+        x, marker, rest = chunk.partition("Output:")
+        y = rest.split("Output:", 1)[0].strip() if marker else None
+        if not complete and k == len(chunks) - 1:
+            verdict = "truncated"
+        elif chunk.count("Output:") > 1:
+            verdict = "multiple_outputs"
         else:
-            out.append(ParsedInstance(chunk.strip(), None))
+            verdict = None
+        out.append(ParsedInstance(x.strip(), y, verdict))
     return out

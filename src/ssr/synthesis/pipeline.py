@@ -1,6 +1,8 @@
 """The SSR pipeline for one finished task (SSR spec, steps 1-4).
 
-1. synthesise: the base model continues ICL prompts (sampled, several times each);
+1. synthesise: the base model continues ICL prompts (sampled, several times each), each
+   sample up to `method.synth_max_length` tokens of prompt + continuation (the release's 2048),
+   capped by the context window and optionally by `method.synth_max_new_tokens`;
 2. parse and filter: every continuation becomes candidates, each with a verdict;
 3. select: K-means (or random) over the kept candidates' inputs;
 4. refine: the latest model rewrites the selected inputs' outputs, greedily, through the
@@ -36,20 +38,27 @@ SCREENED = "screened"
 def generate_candidates(
     task: Task, demos: list[Instance], generator: Generator, tokenizer, context_length: int, cfg: MethodConfig, seed: int
 ) -> tuple[list[dict], Counter, list[IclPrompt]]:
-    """Step 1 and parsing: one candidate row per parsed chunk, and one per empty or duplicate generation."""
+    """Step 1 and parsing: one candidate row per parsed chunk, and one per empty or duplicate generation.
+
+    Length rule: prompt + continuation <= min(`synth_max_length`, context window), and at most
+    `synth_max_new_tokens` new tokens when that is set. A prompt with no room left is skipped.
+    The last chunk of a continuation that ended by length (not EOS) gets the verdict `truncated`.
+    """
     prompts = build_icl_prompts(task.definition, demos, cfg.n_shots, cfg.max_prompts, cfg.demo_outputs, seed)
     stats: Counter = Counter(prompts=len(prompts))
+    max_total = min(cfg.synth_max_length, context_length)
     encoded, usable = [], []
     for p in prompts:
         ids = tokenizer(p.text, add_special_tokens=True)["input_ids"]
-        if len(ids) + cfg.synth_max_new_tokens > context_length:
+        if len(ids) >= max_total:
             stats["prompts_skipped_too_long"] += 1
             continue
         encoded.append(ids)
         usable.append(p)
     params = SamplingParams(
-        max_new_tokens=cfg.synth_max_new_tokens, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-        repetition_penalty=cfg.repetition_penalty, num_samples=cfg.samples_per_prompt, ignore_eos=cfg.ignore_eos,
+        max_new_tokens=cfg.synth_max_new_tokens or max_total, max_total_tokens=max_total, do_sample=True,
+        temperature=cfg.temperature, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
+        num_samples=cfg.samples_per_prompt, ignore_eos=cfg.ignore_eos,
     )
     torch.manual_seed(seed)
     continuations = generator.generate(encoded, params, desc=f"synthesize {task.name}")
@@ -58,16 +67,19 @@ def generate_candidates(
     for prompt, samples in zip(usable, continuations):
         for sample, text in enumerate(samples):
             stats["generations"] += 1
-            base = {"prompt_id": prompt.id, "demo_ids": list(prompt.demo_ids), "sample": sample, "continuation": text}
+            cut = text.cut  # ended by length, not EOS: the last chunk was cut
+            stats["generations_ended_by_length"] += cut
+            base = {"prompt_id": prompt.id, "demo_ids": list(prompt.demo_ids), "sample": sample, "continuation": str(text),
+                    "finish_reason": "length" if cut else "stop"}
             if text in seen:
                 candidates.append({**base, "input": None, "base_output": None, "verdict": "duplicate_continuation"})
                 continue
             seen.add(text)
-            parsed = parse_continuation(text)
+            parsed = parse_continuation(text, complete=not cut)
             if not parsed:
                 candidates.append({**base, "input": None, "base_output": None, "verdict": "no_instance"})
-            for item in parsed:
-                candidates.append({**base, "input": item.input, "base_output": item.output, "verdict": None})
+            for item in parsed:  # a parser verdict (truncated, multiple_outputs) is final
+                candidates.append({**base, "input": item.input, "base_output": item.output, "verdict": item.verdict})
     for i, c in enumerate(candidates):
         c["candidate_id"] = i
     return candidates, stats, prompts
@@ -114,7 +126,8 @@ def select_candidates(candidates: list[dict], demos: list[Instance], train_size:
     k = target_size(len(kept), train_size, cfg.ratio, cfg.per_task)
     fit = [d.input for d in demos] if cfg.kmeans_fit == "demos" else None
     chosen = select([c["input"] for c in kept], k, cfg.selection_or_default, seed,
-                    n_clusters=cfg.n_clusters, embedding_model=cfg.embedding_model, fit_texts=fit)
+                    n_clusters=cfg.n_clusters, embedding_model=cfg.embedding_model, fit_texts=fit,
+                    embedding_pooling=cfg.embedding_pooling)
     for c in candidates:
         c["cluster"], c["selected"] = None, False
     for i, c in enumerate(kept):
