@@ -58,8 +58,10 @@ def build_setup(work: Path) -> Path:
     rewire_eos_rate(stopping, tokenizer.eos_token_id, 3.0)
     stopping.save_pretrained(work / "icl-model")
     tokenizer.save_pretrained(work / "icl-model")
-    cfg = tiny_config(task_dir, model_dir, "ssr", tasks=("reverse", "upper"), selection="random", max_prompts=6,
+    cfg = tiny_config(task_dir, model_dir, "ssr", tasks=("reverse", "upper"), selection="random", per_task=6, max_prompts=6,
                       samples_per_prompt=2, synth_max_new_tokens=12, batch_size=8, icl_model=str(work / "icl-model"))
+    # Longer answers and two epochs: every step lasts long enough (0.1-1 s) to be hit by a kill.
+    cfg["eval"]["max_new_tokens"], cfg["train"]["epochs"] = 48, 2
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -137,8 +139,8 @@ def kill_point(config: Path, out: Path, phase: str, reference_log: str, referenc
         occurrence = rng.randint(1, max(1, reference_log.count(marker)))
         target = f"{phase} #{occurrence}"
         while _log_count(out, marker) < occurrence and proc.poll() is None:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.1))  # synthesis and refinement of the tiny model last well under a second
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.03))  # the tiny model's steps take tens of milliseconds
     killed = proc.poll() is None
     if killed:
         proc.send_signal(signal.SIGKILL)
