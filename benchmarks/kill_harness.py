@@ -145,9 +145,15 @@ def kill_point(config: Path, out: Path, phase: str, reference_log: str, referenc
     if killed:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
+    lock = out / ".lock"
+    try:  # a run killed while holding the lock leaves its pid there: the rerun must take it over
+        stale_lock_pid = json.loads(lock.read_text())["pid"] if lock.exists() and lock.read_text().strip() else None
+    except (ValueError, KeyError):
+        stale_lock_pid = None
     last_line = ((out / "run.log").read_text(errors="replace").strip().splitlines() or [""])[-1] \
         if (out / "run.log").exists() else ""
     point = {"phase": phase, "target": target, "killed": killed, "landed": landed_in(last_line),
+             "killed_pid": proc.pid, "stale_lock_pid": stale_lock_pid,
              "killed_after_s": round(time.monotonic() - started, 2), "last_log_line": last_line[24:]}
     finish(start_run(config, out))
     return point
