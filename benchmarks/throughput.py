@@ -12,7 +12,11 @@ measured side by side in one process on SmolLM2-135M-Instruct and the same promp
 its config and tokenizer and random weights times the same shapes (tokens/s do not depend on
 the weights' values, only on how many tokens are generated).
 
-The last lines are `synthesis_speedup: X`, `train_mfu: F`, `eval_speedup: X` (read by scripts).
+- vLLM (where installed): synthesis and greedy evaluation at the sizes real runs use, against
+  the hf batched path and the batch-1 baseline, and generation's model FLOPs utilisation.
+
+The last lines are `synthesis_speedup: X`, `train_mfu: F`, `eval_speedup: X`, then with vLLM
+`vllm_synthesis_speedup: X`, `vllm_eval_speedup: X`, `generation_mfu: F` (read by scripts).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ssr.synthesis import build_icl_prompts
 from ssr.training import tokenize_rows, train_stage
 
 MODEL = "smollm2-135m"
+EVAL_TOKENS = 8  # greedy answer length in the evaluation benchmarks (the demo's)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -179,6 +184,54 @@ def bench_training(model_name: str, tokenizer, rows: list[dict], mem: dict) -> d
     return result
 
 
+def bench_vllm(model_name: str, tokenizer, base_model, n_prompts: int, samples: int, max_new: int, eval_new: int,
+               mem: dict, batch1: dict) -> dict:
+    """vLLM against the hf batched path and the batch-1 baseline, at the sizes real runs use:
+    synthesis = `n_prompts` ICL prompts x `samples` samples; evaluation = `n_prompts` greedy.
+    Generation MFU = (prompt + generated tokens) x 2 x parameters per second over the matmul
+    peak of the engine's dtype, measured in the same run."""
+    from ssr.engines import vllm_installed
+
+    if not vllm_installed():
+        return {}
+    from ssr.engines.vllm import EngineSpec, VLLMGenerator, get_engine
+    from ssr.models.dtype import resolve_dtype
+    from ssr.models.loading import cache_root, local_model_dir
+
+    dtype = resolve_dtype("auto", cache_root(), engine="vllm")
+    started = time.perf_counter()
+    engine = get_engine(EngineSpec(local_model_dir(model_name).path, dtype, max_lora_rank=8))
+    result = {"vllm_engine_start_s": time.perf_counter() - started, "vllm_dtype": dtype}
+    task = builtin_task("product")
+    prompts = [tokenizer(p.text)["input_ids"] for p in build_icl_prompts(task.definition, task.demos, max_prompts=n_prompts, seed=0)]
+    template = get_template("raw", tokenizer)
+    eval_prompts = [template.prompt_ids(i.definition, i.input) for i in builtin_task("city").eval[:n_prompts]]
+    sampled = SamplingParams(max_new_tokens=max_new, do_sample=True, temperature=0.9, top_p=0.6, repetition_penalty=1.2,
+                             num_samples=samples, seed=0)
+    greedy = SamplingParams(max_new_tokens=eval_new, ignore_eos=True)  # as bench_eval's batch-1 baseline
+    params_count = sum(p.numel() for p in base_model.parameters())
+    hf = HFGenerator(base_model, tokenizer, batch_size=48, show_progress=False)
+    vllm = VLLMGenerator(engine, None, show_progress=False)
+    vllm.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
+    for phase, batch, params in (("synthesis", prompts, sampled), ("eval", eval_prompts, greedy)):
+        for name, gen in (("vllm", vllm), ("hf", hf)):
+            with peak_rss(mem, f"{phase}_{name}"):
+                start = time.perf_counter()
+                outs = gen.generate(batch, params)
+                seconds = time.perf_counter() - start
+            new = count_new_tokens(tokenizer, [t for sample in outs for t in sample])
+            result[f"{phase}_{name}_tokens_per_s"] = new / seconds
+            if name == "vllm":
+                processed = new + sum(len(p) for p in batch) * params.num_samples
+                peak = matmul_peak(torch.bfloat16 if dtype == "bfloat16" else torch.float32, n=1024)
+                result[f"{phase}_vllm_mfu"] = processed * 2 * params_count / seconds / peak
+        result[f"vllm_{phase}_speedup"] = result[f"{phase}_vllm_tokens_per_s"] / batch1[phase]
+        result[f"vllm_{phase}_vs_hf"] = result[f"{phase}_vllm_tokens_per_s"] / result[f"{phase}_hf_tokens_per_s"]
+    result["generation_mfu"] = max(result["synthesis_vllm_mfu"], result["eval_vllm_mfu"])
+    result["vllm_prompts"], result["vllm_samples"] = n_prompts, samples
+    return result
+
+
 SECTION = "## Throughput (`make bench-quick`)"
 
 
@@ -191,6 +244,19 @@ def write_section(path: Path, f: dict) -> None:
     else:
         bf16_row = (f"| bf16 | not measured: a bf16 matmul peaks at {f['matmul_peak_bf16_gflops']:.1f} GFLOP/s here "
                     f"against {f['matmul_peak_fp32_gflops']:.0f} for fp32 | | |")
+    vllm_rows = ""
+    if "vllm_synthesis_speedup" in f:
+        vllm_rows = (
+            f"\nvLLM backend ({f['vllm_dtype']}, engine start {f['vllm_engine_start_s']:.0f} s), {f['vllm_prompts']} prompts"
+            f" (synthesis: × {f['vllm_samples']} samples), against the hf batched path and batch 1 in the same run:\n\n"
+            "| what | vLLM tokens/s | hf batched | vs hf | vs batch 1 | generation MFU |\n|---|---:|---:|---:|---:|---:|\n"
+            f"| ICL synthesis, sampled | {f['synthesis_vllm_tokens_per_s']:.1f} | {f['synthesis_hf_tokens_per_s']:.1f} | "
+            f"{f['vllm_synthesis_vs_hf']:.2f}× | **{f['vllm_synthesis_speedup']:.2f}×** | {f['synthesis_vllm_mfu']:.3f} |\n"
+            f"| evaluation, greedy | {f['eval_vllm_tokens_per_s']:.1f} | {f['eval_hf_tokens_per_s']:.1f} | "
+            f"{f['vllm_eval_vs_hf']:.2f}× | **{f['vllm_eval_speedup']:.2f}×** | {f['eval_vllm_mfu']:.3f} |\n\n"
+            "Generation MFU = (prompt + generated tokens) × 2 × parameters per second over the matmul peak of "
+            "the engine's dtype (1024² matmul, same run).\n"
+        )
     body = f"""{SECTION}
 
 Measured {f['date']} on {f['machine']}; command: `make bench-quick`
@@ -203,7 +269,7 @@ tasks; every ratio is against a baseline measured in the same run.
 | evaluation, greedy tokens/s | {f['eval_batched_tokens_per_s']:.1f} (batched) | {f['eval_batch1_tokens_per_s']:.1f} (batch 1) | **{f['eval_speedup']:.2f}×** |
 | LoRA training tokens/s, fp32 | {f['train_fp32_tokens_per_s']:.1f} | | MFU {f['train_fp32_mfu']:.3f} of {f['matmul_peak_fp32_gflops']:.0f} GFLOP/s |
 {bf16_row}
-
+{vllm_rows}
 MFU = achieved matmul FLOP/s (4 × frozen linear parameters per token, plus the vocabulary
 projection only where a response token is predicted) over the peak of a 1024² matmul in the
 same precision, measured in the same run. Peak resident memory per phase (MiB):
@@ -219,6 +285,7 @@ def main() -> None:
     parser.add_argument("--synth-tokens", type=int, default=48)
     parser.add_argument("--eval-examples", type=int, default=32)
     parser.add_argument("--train-examples", type=int, default=64)
+    parser.add_argument("--vllm-prompts", type=int, default=96, help="prompts for the vLLM comparison (synthesis: x 3 samples)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--markdown", type=Path, help="update the throughput section of this file (BENCHMARKS.md)")
     args = parser.parse_args()
@@ -227,12 +294,14 @@ def main() -> None:
     mem: dict = {}
     figures: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if DEVICE == "cuda" else "")}
     figures |= bench_synthesis(model, tokenizer, args.prompts, args.synth_tokens, batch_size=args.prompts, mem=mem)
-    figures |= bench_eval(model, tokenizer, args.eval_examples, 8, batch_size=args.eval_examples, mem=mem)
+    figures |= bench_eval(model, tokenizer, args.eval_examples, EVAL_TOKENS, batch_size=args.eval_examples, mem=mem)
     rows = [{"definition": i.definition, "input": i.input, "output": i.output} for i in builtin_task("product").train[: args.train_examples]]
     figures |= bench_training(args.model, tokenizer, rows, mem)
+    batch1 = {"synthesis": figures["synthesis_pipeline_tokens_per_s"], "eval": figures["eval_batch1_tokens_per_s"]}
+    figures |= bench_vllm(args.model, tokenizer, model, args.vllm_prompts, 3, args.synth_tokens, EVAL_TOKENS, mem, batch1)
     figures["peak_rss_mib"] = mem
     for key, value in figures.items():
-        if key not in ("synthesis_speedup", "train_mfu", "eval_speedup"):
+        if key not in ("synthesis_speedup", "train_mfu", "eval_speedup", "vllm_synthesis_speedup", "vllm_eval_speedup", "generation_mfu"):
             print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +311,10 @@ def main() -> None:
     print(f"synthesis_speedup: {figures['synthesis_speedup']:.2f}")
     print(f"train_mfu: {figures['train_mfu']:.3f}")
     print(f"eval_speedup: {figures['eval_speedup']:.2f}")
+    if "vllm_synthesis_speedup" in figures:
+        print(f"vllm_synthesis_speedup: {figures['vllm_synthesis_speedup']:.2f}")
+        print(f"vllm_eval_speedup: {figures['vllm_eval_speedup']:.2f}")
+        print(f"generation_mfu: {figures['generation_mfu']:.3f}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def tiny_model_dir(tmp_path_factory, task_dir) -> Path:
 
 
 def build_tiny_model(d: Path, task_dir: Path) -> Path:
-    """A 2-layer Llama (hidden 32) and a byte-level BPE tokenizer trained on the toy tasks, saved in `d`."""
+    """A 2-layer Llama (hidden 64, head size 32: the smallest vLLM's CPU attention serves) and a byte-level BPE tokenizer trained on the toy tasks, saved in `d`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -79,7 +79,7 @@ def build_tiny_model(d: Path, task_dir: Path) -> Path:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     tokenizer.save_pretrained(d)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
@@ -87,11 +87,13 @@ def build_tiny_model(d: Path, task_dir: Path) -> Path:
     return d
 
 
-def tiny_config(task_dir: Path, model_dir: Path, method: str = "sequential", tasks=("reverse", "upper", "count"), **method_opts) -> dict:
-    """A raw config dict for a fast run on the tiny model."""
+def tiny_config(task_dir: Path, model_dir: Path, method: str = "sequential", tasks=("reverse", "upper", "count"),
+                backend: str = "hf", **method_opts) -> dict:
+    """A raw config dict for a fast run on the tiny model (fp32, the `hf` backend unless asked)."""
     return {
         "seed": 7,
-        "model": {"name": str(model_dir), "template": "raw"},
+        "model": {"name": str(model_dir), "template": "raw", "dtype": "float32"},
+        "generation": {"backend": backend, "kv_cache_gb": 0.25},
         "data": {"dir": str(task_dir)},
         "eval": {"max_examples": 4, "max_new_tokens": 6, "batch_size": 4},
         "train": {"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "max_source_length": 64, "max_target_length": 16},

@@ -20,7 +20,7 @@ def test_builtin_tasks_are_deterministic_and_disjoint():
 
 def test_demo_runs_every_method_and_writes_the_report(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "demo"
-    overrides = [f"model.name={tiny_model_dir}", "data.max_train_examples=12", "eval.max_examples=3",
+    overrides = [f"model.name={tiny_model_dir}", "model.dtype=float32", "generation.backend=hf", "data.max_train_examples=12", "eval.max_examples=3",
                  "eval.max_new_tokens=4", "train.epochs=1", "method.max_prompts=3", "method.samples_per_prompt=1",
                  "method.synth_max_new_tokens=10", "method.n_clusters=2"]
     args = ["demo", "-o", str(out)] + [a for o in overrides for a in ("--set", o)]

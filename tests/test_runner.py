@@ -153,3 +153,42 @@ def test_stage_1_is_the_same_computation_for_continual_methods(task_dir, tiny_mo
     other = load_config(None, raw={**tiny_config(task_dir, tiny_model_dir, "replay", per_task=3), "seed": 8})
     assert not share_first_stage(seq, other, tmp_path / "other")
     assert not share_first_stage(seq, cfg, shared)
+
+
+def test_icl_model_is_the_base_model_and_stage_generators_serve_each_stage(task_dir, tiny_model_dir, tmp_path):
+    """ModelState, the owner of which weights generate: after stage 1 trained (its adapter on the
+    model), the ICL generator answers exactly as a freshly loaded base model, and the stage
+    generator as base + the adapter on disk."""
+    import torch
+
+    from ssr.data import load_task
+    from ssr.generation import HFGenerator, SamplingParams
+    from ssr.methods import get_method
+    from ssr.models import load_tokenizer
+    from ssr.models.lora import load_adapter, save_adapter
+    from ssr.runner import BASE_STAGE, ModelState, RunContext
+
+    cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper")))
+    tasks = [load_task(t, cfg.data, seed=cfg.seed) for t in cfg.tasks]
+    plan = get_method("sequential")(cfg, tasks).plan()
+    models = ModelState(cfg, tmp_path)
+    ctx = RunContext(cfg, tmp_path, tasks, models, plan)
+    model = models.start_stage(plan[0], [])
+    with torch.no_grad():  # a trained adapter: B far from zero
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    save_adapter(model, tmp_path / "stages" / plan[0].name / "adapter")
+    models.finished(plan[0])
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    prompts = [tok(t)["input_ids"] for t in ("Reverse the words.\n\nInput: apple river\nOutput:", "stone cloud green")]
+    params = SamplingParams(max_new_tokens=8)
+    fresh_base = HFGenerator(load_base_model(str(tiny_model_dir)), tok, 4).generate(prompts, params)
+    tuned = HFGenerator(load_adapter(load_base_model(str(tiny_model_dir)), tmp_path / "stages" / plan[0].name / "adapter",
+                                     trainable=False), tok, 4).generate(prompts, params)
+    assert fresh_base != tuned
+    with models.icl_generator() as (generator, _, _):
+        assert generator.generate(prompts, params) == fresh_base
+    assert ctx.generator_after(plan[0]).generate(prompts, params) == tuned
+    assert ctx.generator_after(BASE_STAGE).generate(prompts, params) == fresh_base

@@ -46,9 +46,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from ssr.methods import Stage
     from ssr.methods.ssr import SelfSynthesizedRehearsal
     from ssr.models.loading import check_model_source
-    from ssr.runner import ModelState, RunContext
+    from ssr.runner import ModelState, RunContext, resolve_settings
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = resolve_settings(load_config(args.config, args.overrides))
     entry = next((t for t in cfg.tasks if t.name == args.task), None)
     if entry is None:
         raise ConfigError(f"--task {args.task!r} is not in the config (tasks: {[t.name for t in cfg.tasks]})")
@@ -59,12 +59,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError("\n".join(problems))
     out = Path(args.output_dir)
+    stage = Stage(1, f"1-{task.name}", (task.name,))
     models = ModelState(cfg, out)
-    models.base()
-    if args.adapter:  # refine with a fine-tuned model, e.g. stages/<i>-<task>/adapter of a run
-        models.model = models.load_adapter(models.model, Path(args.adapter), trainable=False)
-    ctx = RunContext(cfg, out, [task], models)
-    rows = method.build_rehearsal(task, Stage(1, f"1-{task.name}", (task.name,)), ctx)
+    # Refine with a fine-tuned model (e.g. stages/<i>-<task>/adapter of a run), or the base model.
+    models.serve_as(stage, Path(args.adapter) if args.adapter else None)
+    ctx = RunContext(cfg, out, [task], models, [stage])
+    rows = method.build_rehearsal(task, stage, ctx)
     path = method.rehearsal_path(ctx, task.name)
     write_jsonl(path, rows)
     print(f"{len(rows)} synthetic instances: {path}")

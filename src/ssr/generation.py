@@ -26,6 +26,8 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     num_samples: int = 1
     ignore_eos: bool = False
+    seed: int | None = None
+    """Seeds sampling (both backends), so a rerun draws the same samples."""
     max_total_tokens: int | None = None
     """Prompt + continuation tokens at most (the context rule of synthesis); None = no bound
     beyond `max_new_tokens`."""
@@ -122,6 +124,8 @@ class HFGenerator:
             temperature=None, top_p=None, top_k=None,
         )
         if params.do_sample:
+            if params.seed is not None:
+                torch.manual_seed(params.seed)  # the Gumbel noise comes from torch's global generator
             kwargs["logits_processor"] = LogitsProcessorList([GumbelTopP(params.temperature, params.top_p)])
         if params.ignore_eos:
             kwargs["suppress_tokens"] = [tok.eos_token_id]

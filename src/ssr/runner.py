@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import torch
 import yaml
 
 from ssr import config as config_mod
@@ -33,11 +34,14 @@ from ssr.config import RunConfig
 from ssr.data import Task, load_task
 from ssr.errors import ConfigError, RunDirError
 from ssr.evaluation import evaluate_task, score_predictions
-from ssr.generation import HFGenerator
+from ssr.engines import resolve_backend
+from ssr.engines.vllm import VLLMEngine, current_engine
+from ssr.generation import Generator, HFGenerator
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
 from ssr.models.lora import attach_lora, load_adapter, save_adapter
-from ssr.models.loading import check_model_source, load_base_model, load_tokenizer
+from ssr.models.dtype import DTYPES, resolve_dtype
+from ssr.models.loading import cache_root, check_model_source, context_length, load_base_model, load_tokenizer, local_model_dir
 from ssr.models.templates import get_template
 from ssr.runlock import run_lock
 from ssr.training import train_stage
@@ -50,15 +54,21 @@ TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}$")  # tempfile's names for `.{name}
 
 @dataclass
 class RunContext:
-    """What a method may use during a run: config, tasks, run directory and the models."""
+    """What a method may use during a run: config, tasks, run directory, the models, the plan."""
 
     cfg: RunConfig
     run_dir: Path
     tasks: list[Task]
     models: ModelState = field(repr=False)
+    plan: list[Stage] = field(default_factory=list)
 
     def stage_dir(self, stage: Stage) -> Path:
         return self.run_dir / "stages" / stage.name
+
+    def generator_after(self, stage: Stage, batch_size: int | None = None) -> Generator:
+        """A generator for the model as it was right after `stage` (BASE_STAGE: θ(0))."""
+        before = self.plan[: self.plan.index(stage)] if stage in self.plan else []
+        return self.models.stage_generator(stage, before, batch_size)
 
     @contextmanager
     def timed(self, step: str):
@@ -71,11 +81,19 @@ class RunContext:
 
 
 class ModelState:
-    """The base model and the adapter currently on it, loaded lazily (a finished run loads nothing).
+    """The one owner of "which weights are loaded where": the training model (base + the adapter
+    being trained, on the training device), the generation engine, and which stage each holds.
+    Everything is loaded lazily: a finished run loads nothing.
 
     With `train.adapter: continue` one PEFT adapter lives on the base model across stages;
     the base model θ(0) stays available through `disable_adapter()`. With `new`, each
     finished adapter is merged into the weights before a fresh one is attached.
+
+    Generation (`stage_generator`) runs on the configured backend. With `vllm`, one engine per
+    process serves θ(0) and every stage's adapter from its directory; the training model is
+    not needed (on a GPU it leaves the device while the engine generates, and the engine
+    sleeps while a stage trains). Stages whose weights are a chain of merged adapters
+    (`train.adapter: new`) and a separate `method.icl_model` are served by the `hf` backend.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path):
@@ -83,6 +101,7 @@ class ModelState:
         self.model = None  # the base model, or a PeftModel over it
         self.at_stage: str | None = None  # which stage's weights `model` holds
         self.base_modified = False  # True once an adapter was merged into the weights
+        self.adapter_overrides: dict[str, Path | None] = {}  # see serve_as
 
     @cached_property
     def tokenizer(self):
@@ -92,23 +111,40 @@ class ModelState:
     def template(self):
         return get_template(self.cfg.model.template, self.tokenizer)
 
+    @cached_property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[resolve_dtype(self.cfg.model.dtype, cache_root(self.cfg.model.cache_dir), engine="hf")]
+
+    @cached_property
+    def context_length(self) -> int:
+        return context_length(self.cfg.model.name, self.cfg.model.cache_dir, self.cfg.model.trust_remote_code)
+
+    def _load_base(self, name: str | None = None):
+        """A base model with the config's dtype and safety settings (trust_remote_code, allow_pickle)."""
+        m = self.cfg.model
+        return load_base_model(name or m.name, m.cache_dir, dtype=self.dtype, trust_remote_code=m.trust_remote_code,
+                               allow_pickle=m.allow_pickle)
+
     def _base(self):
         if self.model is None:
-            self.model = self.load_model(self.cfg.model.name)
+            self.model = self._load_base()
         elif hasattr(self.model, "peft_config"):
             self.model = self.model.unload()  # drop LoRA layers, keep base weights
         if self.base_modified:
-            self.model = self.load_model(self.cfg.model.name)
+            self.model = self._load_base()
             self.base_modified = False
         self.at_stage = BASE_STAGE.name
-        return self.model
+        return self._on_device(self.model)
 
     def base(self):
         """The model before any training (row 0 of the matrix)."""
-        return self._base() if self.at_stage != BASE_STAGE.name else self.model
+        return self._base() if self.at_stage != BASE_STAGE.name else self._on_device(self.model)
 
     def start_stage(self, stage: Stage, previous: list[Stage]):
         """The trainable model a stage starts from: fresh LoRA, or the previous stage's adapter."""
+        engine = current_engine()
+        if engine is not None:
+            engine.sleep()  # on a GPU: the engine's memory goes back while the stage trains
         seed = self.cfg.seed + stage.index
         if stage.fresh or not previous:
             return self._attach(self._base(), seed)
@@ -126,14 +162,26 @@ class ModelState:
         self.model = attach_lora(base, self.cfg.train.lora, seed)
         return self.model
 
+    def serve_as(self, stage: Stage, adapter: Path | None) -> None:
+        """Treat `stage`'s model as θ(0) + `adapter` (None: θ(0) itself), e.g. `ssr synth --adapter`."""
+        self.adapter_overrides[stage.name] = adapter
+
+    def adapter_dir(self, stage: Stage) -> Path | None:
+        """Where `stage`'s adapter lives (None for θ(0))."""
+        if stage.name == BASE_STAGE.name:
+            return None
+        return self.adapter_overrides.get(stage.name, self.run_dir / "stages" / stage.name / "adapter")
+
     def load_after(self, stage: Stage, before: list[Stage], trainable: bool = False):
         """The model as it was right after `stage` (loading adapters from disk if needed)."""
+        if self.adapter_dir(stage) is None:
+            return self.base()
         if self.at_stage == stage.name:
-            return self.model
+            return self._on_device(self.model)
         chain = [stage] if stage.fresh or self.cfg.train.adapter == "continue" else [*before, stage]
         model = self._base()
         for i, s in enumerate(chain):
-            model = self.load_adapter(model, self.run_dir / "stages" / s.name / "adapter", trainable=trainable and i == len(chain) - 1)
+            model = self.load_adapter(model, self.adapter_dir(s), trainable=trainable and i == len(chain) - 1)
             if i < len(chain) - 1:
                 model = model.merge_and_unload()
                 self.base_modified = True
@@ -144,28 +192,70 @@ class ModelState:
         self.at_stage = stage.name
 
     def generator(self, model=None, batch_size: int | None = None, tokenizer=None) -> HFGenerator:
+        """An `hf` generator over `model` (default: the loaded model)."""
         return HFGenerator(model or self.model, tokenizer or self.tokenizer, batch_size or self.cfg.eval.batch_size)
 
-    @contextmanager
-    def icl_model(self):
-        """(model, tokenizer) that writes synthetic instances: the base model θ(0), never a
-        fine-tuned one (or `method.icl_model` when set). With a continued adapter, θ(0) is the
-        loaded model with its adapter disabled; otherwise a separate copy is loaded."""
-        name = self.cfg.method.icl_model
-        if name is None and hasattr(self.model, "disable_adapter") and not self.base_modified:
-            with self.model.disable_adapter():
-                yield self.model, self.tokenizer
-            return
-        if name is None and self.model is not None and self.at_stage == BASE_STAGE.name and not self.base_modified:
-            yield self.model, self.tokenizer
-            return
-        name = name or self.cfg.model.name
-        yield self.load_model(name), load_tokenizer(name, self.cfg.model.cache_dir, self.cfg.model.trust_remote_code)
+    # --- generation on the configured backend ---
 
-    def load_model(self, name: str):
-        """A base model with the config's safety settings (trust_remote_code, allow_pickle)."""
-        m = self.cfg.model
-        return load_base_model(name, m.cache_dir, trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle)
+    def _vllm_serves(self, stage: Stage, before: list[Stage]) -> bool:
+        """vLLM serves θ(0) and any stage whose weights are θ(0) + one adapter directory."""
+        if self.cfg.generation.backend != "vllm":
+            return False
+        return stage.name == BASE_STAGE.name or stage.fresh or self.cfg.train.adapter == "continue" or not before
+
+    def engine(self) -> VLLMEngine:
+        from ssr.engines.vllm import EngineSpec, get_engine, lora_rank_for
+
+        g = self.cfg.generation
+        spec = EngineSpec(
+            model_path=local_model_dir(self.cfg.model.name, self.cfg.model.cache_dir).path,
+            dtype=resolve_dtype(self.cfg.model.dtype, cache_root(self.cfg.model.cache_dir)),
+            max_lora_rank=lora_rank_for(self.cfg.train.lora.r),
+            kv_cache_gb=g.kv_cache_gb, gpu_memory_utilization=g.gpu_memory_utilization,
+            trust_remote_code=self.cfg.model.trust_remote_code, allow_pickle=self.cfg.model.allow_pickle,
+        )
+        return get_engine(spec)
+
+    def stage_generator(self, stage: Stage, before: list[Stage], batch_size: int | None = None) -> Generator:
+        """A generator for the model right after `stage` (BASE_STAGE = θ(0)), on the backend."""
+        if self._vllm_serves(stage, before):
+            from ssr.engines.vllm import VLLMGenerator
+
+            self._off_device()
+            return VLLMGenerator(self.engine(), self.adapter_dir(stage))
+        return self.generator(self.load_after(stage, before), batch_size)
+
+    @contextmanager
+    def icl_generator(self, batch_size: int | None = None):
+        """(generator, tokenizer, context length) of the model that writes synthetic instances:
+        the base model θ(0), never a fine-tuned one (or `method.icl_model` when set)."""
+        name = self.cfg.method.icl_model
+        if name is not None:  # another model: loaded on its own, for this synthesis only
+            model = self._load_base(name)
+            tokenizer = load_tokenizer(name, self.cfg.model.cache_dir, self.cfg.model.trust_remote_code)
+            yield self.generator(model, batch_size, tokenizer), tokenizer, context_length(name, self.cfg.model.cache_dir, self.cfg.model.trust_remote_code)
+            return
+        if self._vllm_serves(BASE_STAGE, []):
+            yield self.stage_generator(BASE_STAGE, [], batch_size), self.tokenizer, self.context_length
+            return
+        if hasattr(self.model, "disable_adapter") and not self.base_modified:
+            with self.model.disable_adapter():  # θ(0) without unloading the adapter
+                yield self.generator(self._on_device(self.model), batch_size), self.tokenizer, self.context_length
+            return
+        yield self.generator(self.base(), batch_size), self.tokenizer, self.context_length
+
+    def _on_device(self, model):
+        """The training model on the accelerator (it may have left it while vLLM generated)."""
+        if model is not None and torch.cuda.is_available() and next(model.parameters()).device.type != "cuda":
+            model.to("cuda")
+        return model
+
+    def _off_device(self) -> None:
+        """On a GPU, move the training model to host memory while the vLLM engine generates,
+        so the device never holds two copies of the weights."""
+        if self.model is not None and torch.cuda.is_available() and next(self.model.parameters()).device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
 
     def load_adapter(self, model, path: Path, trainable: bool):
         return load_adapter(model, path, trainable=trainable, allow_pickle=self.cfg.model.allow_pickle)
@@ -232,6 +322,7 @@ class RunDir:
         current = config_mod.to_dict(cfg)
         previous = self._saved_config()
         if previous is not None:
+            previous = config_mod.with_legacy_defaults(previous)
             changes = config_mod.diff(previous, current)
             if changes and self.has_progress():
                 raise RunDirError(
@@ -273,7 +364,7 @@ def setup_logging(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str], get_model) -> dict[str, float]:
+def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str]) -> dict[str, float]:
     """Predictions of the stage's model on `tasks`; cached per task file. Returns ROUGE-L x 100."""
     scores = {}
     pred_dir = ctx.stage_dir(stage) / "predictions"
@@ -284,12 +375,22 @@ def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str], get_model) -
             cfg = ctx.cfg
             log.info("stage %s, task %s: evaluating", stage.name, name)
             with ctx.timed(f"eval {stage.name} {name}"):
-                rows = evaluate_task(ctx.models.generator(get_model()), ctx.models.template, task,
+                rows = evaluate_task(ctx.generator_after(stage), ctx.models.template, task,
                                      cfg.train.max_source_length, task.max_new_tokens, cfg.eval.scorer)
                 write_jsonl(path, rows)
             log.info("stage %s, task %s: ROUGE-L %.2f", stage.name, name, score_predictions(rows)["rougeL"])
         scores[name] = score_predictions(read_jsonl(path))["rougeL"]
     return scores
+
+
+def resolve_settings(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the generation backend made concrete, so that the run directory records which
+    engine generated and a rerun on a machine that would choose otherwise is refused instead of
+    mixing the two. (`model.dtype: auto` stays as written: it is resolved per engine, logged,
+    and recorded in results.json.)"""
+    cfg = cfg.model_copy(deep=True)
+    cfg.generation.backend = resolve_backend(cfg.generation.backend)
+    return cfg
 
 
 def run(cfg: RunConfig, output_dir: str | Path, reuse_from: Path | None = None,
@@ -303,6 +404,7 @@ def run(cfg: RunConfig, output_dir: str | Path, reuse_from: Path | None = None,
     """
     run_dir = RunDir(output_dir)
     run_dir.check()
+    cfg = resolve_settings(cfg)
     tasks, method = prepare(cfg)
     run_dir.create()
     with run_lock(run_dir.path):
@@ -320,13 +422,13 @@ def run(cfg: RunConfig, output_dir: str | Path, reuse_from: Path | None = None,
 
 
 def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> dict:
-    ctx = RunContext(cfg, run_dir, tasks, ModelState(cfg, run_dir))
+    plan = method.plan()
+    ctx = RunContext(cfg, run_dir, tasks, ModelState(cfg, run_dir), plan)
     log.info("run %s: method %s, tasks %s", run_dir, method.name, [t.name for t in tasks])
 
     all_names = [t.name for t in tasks]
-    stage_scores = {0: evaluate_stage(ctx, BASE_STAGE, all_names, ctx.models.base)}
+    stage_scores = {0: evaluate_stage(ctx, BASE_STAGE, all_names)}
     stage_stats = {}
-    plan = method.plan()
     for k, stage in enumerate(plan):
         sdir = ctx.stage_dir(stage)
         adapter_dir = sdir / "adapter"
@@ -342,13 +444,8 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
             ctx.models.finished(stage)
             log.info("stage %s: %s", stage.name, stats)
 
-        def stage_model(stage=stage, before=plan[:k]):
-            return ctx.models.load_after(stage, before)
-
-        stage_scores[stage.index] = evaluate_stage(ctx, stage, list(stage.evaluate), stage_model)
+        stage_scores[stage.index] = evaluate_stage(ctx, stage, list(stage.evaluate))
         if method.pending_after(stage, ctx):
-            if method.needs_model_after(stage, ctx):
-                stage_model()
             with ctx.timed(f"after {stage.name}"):
                 method.after_stage(stage, ctx)
         stats_path = sdir / "train_stats.json"
@@ -364,6 +461,11 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
         "exact_match": _exact_match_matrix(ctx, method, plan),
         "train_stats": stage_stats,
         "wall_seconds": wall_seconds(run_dir),
+        "engines": {  # what generated and what trained, as resolved on this machine
+            "generation": cfg.generation.backend,
+            "generation_dtype": resolve_dtype(cfg.model.dtype, cache_root(cfg.model.cache_dir), engine=cfg.generation.backend),
+            "training_dtype": resolve_dtype(cfg.model.dtype, cache_root(cfg.model.cache_dir), engine="hf"),
+        },
     }
     write_json(run_dir / "results.json", results)
     log.info("results: AR %s FWT %s BWT %s", results["AR"], results["FWT"], results["BWT"])
@@ -393,12 +495,12 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
     if not saved.exists() or cfg.method.name not in continual or (target / "stages").exists():
         return False
     try:
-        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        previous = config_mod.with_legacy_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")))
         if previous["method"]["name"] not in continual:
             return False
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
         return False
-    if any(not line.startswith("method.") for line in config_mod.diff(previous, config_mod.to_dict(cfg))):
+    if any(not line.startswith("method.") for line in config_mod.diff(previous, config_mod.to_dict(resolve_settings(cfg)))):
         return False
     first = f"1-{cfg.tasks[0].name}"
     if not (source / "stages" / first / "adapter").exists():
@@ -433,4 +535,4 @@ def _sources(rows: list[dict]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
 
 
-__all__ = ["run", "prepare", "RunContext", "ModelState", "RunDir", "evaluate_stage", "share_first_stage", "wall_seconds"]
+__all__ = ["run", "prepare", "resolve_settings", "RunContext", "ModelState", "RunDir", "evaluate_stage", "share_first_stage", "wall_seconds"]

@@ -91,10 +91,6 @@ class Method:
         """Whether `after_stage` still has work to do (a resumed run skips finished work)."""
         return False
 
-    def needs_model_after(self, stage: Stage, ctx: RunContext) -> bool:
-        """Whether `after_stage` still has work that needs the stage's model."""
-        return False
-
     def matrix(self, stage_scores: dict[int, dict[str, float]]) -> list[list[float | None]]:
         """scores[i][j] = task j after stage i; row 0 = base model."""
         names = [t.name for t in self.tasks]
@@ -117,9 +113,6 @@ class RehearsalMethod(Method):
 
     source = "replay"
     folder = "rehearsal"
-    uses_model = False
-    """Whether building the rehearsal set needs the stage's model (SSR refines with it)."""
-
     def rehearsal_path(self, ctx: RunContext, task: str) -> Path:
         return ctx.run_dir / self.folder / f"{task}.jsonl"
 
@@ -142,9 +135,6 @@ class RehearsalMethod(Method):
     def pending_after(self, stage: Stage, ctx: RunContext) -> bool:
         last = stage.index == len(self.tasks)  # nothing comes after the last stage
         return not last and any(not self.rehearsal_path(ctx, t).exists() for t in stage.tasks)
-
-    def needs_model_after(self, stage: Stage, ctx: RunContext) -> bool:
-        return self.uses_model and self.pending_after(stage, ctx)
 
     def after_stage(self, stage: Stage, ctx: RunContext) -> None:
         if not self.pending_after(stage, ctx):

@@ -22,7 +22,6 @@ from ssr.data.task import Task
 from ssr.errors import DataError
 from ssr.io import read_jsonl, write_json, write_jsonl
 from ssr.methods.base import RehearsalMethod, Stage
-from ssr.models.loading import context_length
 from ssr.synthesis.pipeline import refine, rehearsal_rows, synthesize
 from ssr.synthesis.screen import load_callable
 
@@ -37,7 +36,6 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
     name = "ssr"
     source = "synthetic"
     folder = "synthetic"
-    uses_model = True
 
     def demos_for(self, task: Task):
         override = (self.cfg.method.demos_override or {}).get(task.name)
@@ -99,17 +97,16 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
         else:
             demos = self.demos_for(task)
             log.info("task %s: synthesizing", task.name)
-            with ctx.models.icl_model() as (model, tokenizer):
-                generator = ctx.models.generator(model, m.batch_size, tokenizer)
-                candidates, stats, prompts = synthesize(task, demos, generator, tokenizer, context_length(model), m, cfg.seed + stage.index)
+            with ctx.models.icl_generator(m.batch_size) as (generator, tokenizer, context_length):
+                candidates, stats, prompts = synthesize(task, demos, generator, tokenizer, context_length, m, cfg.seed + stage.index)
             write_jsonl(folder / f"{task.name}.prompts.jsonl", [{"id": p.id, "demo_ids": list(p.demo_ids), "text": p.text} for p in prompts])
             write_json(folder / f"{task.name}.stats.json", stats)
             write_jsonl(cand_path, candidates)
         selected = sorted((c for c in candidates if c["selected"]), key=lambda c: c["selection_rank"])
         if m.refine:
             log.info("task %s: refining %d selected inputs", task.name, len(selected))
-            latest = ctx.models.model  # the runner loaded the model right after this task's stage
-            outputs = refine(selected, task.definition, ctx.models.generator(latest, m.batch_size),
+            latest = ctx.generator_after(stage, m.batch_size)  # θ(i): the model right after this task's stage
+            outputs = refine(selected, task.definition, latest,
                              ctx.models.template, cfg.train.max_source_length, task.max_new_tokens,
                              desc=f"refine {task.name}")
         else:

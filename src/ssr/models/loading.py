@@ -153,9 +153,11 @@ def load_base_model(name: str, cache_dir: str | None = None, dtype: torch.dtype 
     return model
 
 
-def context_length(model: PreTrainedModel) -> int:
-    """The model's context window (max positions), with a conservative fallback."""
-    config = model.config
+def context_length(name: str, cache_dir: str | None = None, trust_remote_code: bool = False) -> int:
+    """The model's context window (max positions, from its config), with a conservative fallback."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(local_model_dir(name, cache_dir).path, trust_remote_code=trust_remote_code)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:

