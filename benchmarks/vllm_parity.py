@@ -75,6 +75,8 @@ def main() -> None:
         t0 = time.perf_counter()
         b = vllm.generate(prompts, params)
         timings["vllm_greedy_s"] = timings.get("vllm_greedy_s", 0) + time.perf_counter() - t0
+        print(f"budget {budget}: {len(prompts)} prompts, hf {timings['hf_greedy_s']:.0f} s, vllm {timings['vllm_greedy_s']:.0f} s (cumulative)",
+              flush=True)
         for (task, _), (x,), (y,) in zip(group, a, b):
             if x == y:
                 same += 1
@@ -105,6 +107,7 @@ def main() -> None:
             "kept_rate": round(verdicts["kept"] / stats["generations"], 3),
             "verdicts": dict(verdicts),
         }
+        print(f"sampling on {name}: {sampling[name]}", flush=True)
 
     report = {"dtype": args.dtype, "prompts": len(items), "identical": same, "greedy_parity": round(parity, 3),
               "identical_by_task": dict(by_task), "differing": parted, "engine_start_s": round(engine_start, 1),
