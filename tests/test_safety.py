@@ -28,7 +28,8 @@ def test_pickle_weights_need_allow_pickle(tmp_path, tiny_model_dir):
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
     with pytest.raises(ConfigError, match=r"only safetensors weights are loaded unless model.allow_pickle: true"):
         load_base_model(str(pickled))
-    assert load_base_model(str(pickled), allow_pickle=True).config.hidden_size == 32
+    loaded = load_base_model(str(pickled), allow_pickle=True)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
 def test_pickle_adapters_need_allow_pickle(tmp_path, tiny_model_dir):

@@ -74,15 +74,15 @@ def test_screen_is_validated_before_any_model(tmp_path, capsys, task_dir, tiny_m
 
 def test_screened_candidates_are_counted_in_the_stats(tmp_path, task_dir, tiny_model_dir, stopping_model_dir):
     """Synthesis on the tiny model (rewired to end its generations, so candidates survive the
-    other filters) with a rule that fires on every word: nothing is kept, and the stats count
+    other filters) with a rule that fires on any character: nothing is kept, and the stats count
     what the candidates file says."""
     cfg = tiny_config(task_dir, tiny_model_dir, "ssr", selection="random", max_prompts=4, samples_per_prompt=2,
-                      synth_max_new_tokens=12, icl_model=str(stopping_model_dir), screen={"patterns": [r"\w"]})
+                      synth_max_new_tokens=12, icl_model=str(stopping_model_dir), screen={"patterns": [r"[\s\S]"]})
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     assert main(["synth", str(tmp_path / "cfg.yaml"), "--task", "reverse", "-o", str(tmp_path / "out")]) == 0
     candidates = [json.loads(line) for line in (tmp_path / "out" / "synthetic" / "reverse.candidates.jsonl").open()]
     stats = json.loads((tmp_path / "out" / "synthetic" / "reverse.stats.json").read_text())
     screened = [c for c in candidates if c["verdict"] == "screened"]
-    assert screened and all(c["screen_rule"] == r"pattern:\w" for c in screened)
+    assert screened and all(c["screen_rule"] == r"pattern:[\s\S]" for c in screened)
     assert not [c for c in candidates if c["verdict"] == "kept"]
-    assert stats["verdict_screened"] == len(screened) == stats[r"screened_pattern:\w"]
+    assert stats["verdict_screened"] == len(screened) == stats[r"screened_pattern:[\s\S]"]
