@@ -79,11 +79,11 @@ def test_killed_run_resumes_where_it_stopped(task_dir, tiny_model_dir, tmp_path,
     real_train = ssr.runner.train_stage
     calls = []
 
-    def dies_in_stage_2(model, template, rows, cfg, seed, desc):
+    def dies_in_stage_2(model, template, rows, cfg, seed, desc, penalty=None):
         calls.append(desc)
         if "2-upper" in desc:
             raise KeyboardInterrupt("killed")
-        return real_train(model, template, rows, cfg, seed, desc=desc)
+        return real_train(model, template, rows, cfg, seed, desc=desc, penalty=penalty)
 
     monkeypatch.setattr(ssr.runner, "train_stage", dies_in_stage_2)
     with pytest.raises(KeyboardInterrupt):

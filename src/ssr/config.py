@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ssr.errors import ConfigError
 
-METHODS = ("sequential", "replay", "mtl", "single", "ssr")
+METHODS = ("sequential", "replay", "mtl", "single", "ssr", "l2", "ewc", "osf")
 
 
 class _Strict(BaseModel):
@@ -116,7 +116,7 @@ class TrainConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    name: Literal["sequential", "replay", "mtl", "single", "ssr"] = "sequential"
+    name: Literal["sequential", "replay", "mtl", "single", "ssr", "l2", "ewc", "osf"] = "sequential"
     selection: Literal["random", "kmeans"] | None = None
     """How rehearsal instances are chosen (default: random for replay, kmeans for ssr)."""
     ratio: float | None = Field(default=None, gt=0, le=1)
@@ -158,8 +158,34 @@ class MethodConfig(_Strict):
     batch_size: int = Field(default=48, ge=1)
     """Sequences per generation batch in synthesis and refinement (each sample is a sequence)."""
 
+    # --- regularisers (sequential, replay, ssr; `l2` / `ewc` are sequential + that regulariser) ---
+    regularizer: Literal["none", "l2", "ewc"] | None = None
+    """Penalty added to the loss from stage 2 on (default: none; `l2` / `ewc` for those methods)."""
+    reg_lambda: float = Field(default=0.1, ge=0)
+    """λ of the penalty λ Σ w (p − p_prev)² over the trainable weights."""
+    fisher_samples: int = Field(default=200, ge=1)
+    """EWC: single-example batches of the stage's training rows that estimate the Fisher."""
+    fisher_accumulate: bool = False
+    """EWC: add each stage's Fisher to the previous one (the release keeps only the latest)."""
+
+    # --- OSF (PEFT orthogonal subspace fine-tuning) ---
+    osf_effective_rank: list[float] | None = None
+    """Per stage, the fraction of each weight's singular directions kept frozen (PEFT's
+    `effective_rank`); default evenly spaced from 0.3 to 0.7 over the stages."""
+
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:
+        if self.name in ("l2", "ewc") and self.regularizer not in (None, self.name):
+            raise ValueError(f"method {self.name} is sequential + the {self.name} regulariser; "
+                             f"use method.name: sequential with method.regularizer: {self.regularizer} instead")
+        if self.name in ("mtl", "single", "osf") and self.regularizer not in (None, "none"):
+            raise ValueError(f"method.regularizer applies to sequential, replay and ssr, not {self.name} "
+                             "(it anchors each stage to the previous stage's weights)")
+        if self.osf_effective_rank is not None:
+            if self.name != "osf":
+                raise ValueError(f"osf_effective_rank only applies to osf, not {self.name}")
+            if not all(0 < r < 1 for r in self.osf_effective_rank):
+                raise ValueError("osf_effective_rank: every value is a fraction in (0, 1)")
         if self.ratio is not None and self.per_task is not None:
             raise ValueError("give either method.ratio or method.per_task, not both")
         rehearsal_keys = ("selection", "ratio", "per_task")
@@ -168,6 +194,11 @@ class MethodConfig(_Strict):
             if used:
                 raise ValueError(f"{', '.join(used)} only apply to replay and ssr, not {self.name}")
         return self
+
+    @property
+    def regularizer_or_default(self) -> str:
+        """The regulariser in effect: `l2` / `ewc` for those methods, else `regularizer` or none."""
+        return self.name if self.name in ("l2", "ewc") else (self.regularizer or "none")
 
     @property
     def selection_or_default(self) -> str:
@@ -189,6 +220,11 @@ class RunConfig(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"task names must be unique, repeated: {sorted(dup)}")
+        if self.method.regularizer_or_default != "none" and self.train.adapter == "new":
+            raise ValueError("a regulariser anchors the adapter to its previous values: it needs train.adapter: continue")
+        ranks = self.method.osf_effective_rank
+        if ranks is not None and len(ranks) != len(self.tasks):
+            raise ValueError(f"method.osf_effective_rank: one value per task ({len(self.tasks)}), got {len(ranks)}")
         return self
 
 

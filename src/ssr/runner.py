@@ -9,6 +9,7 @@ crash continues where it stopped:
     <out>/stages/<i>-<name>/train.jsonl    what the stage learnt (`task`, `source` per row)
     <out>/stages/<i>-<name>/adapter/       PEFT adapter (its presence marks a trained stage)
     <out>/stages/<i>-<name>/predictions/<task>.jsonl
+    <out>/regularizer/<i>-<name>.safetensors   p_prev (and Fisher) for L2 / EWC, after each stage
     <out>/results.json                     score matrix, AR / FWT / BWT
 """
 
@@ -32,7 +33,7 @@ from ssr.evaluation import evaluate_task, score_predictions
 from ssr.generation import HFGenerator
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
-from ssr.models.lora import attach_lora, load_adapter, save_adapter
+from ssr.models.lora import attach_adapter, is_adapter_weight, load_adapter, merges_between_stages, save_adapter
 from ssr.models.loading import load_base_model, load_tokenizer
 from ssr.models.templates import get_template
 from ssr.training import train_stage
@@ -68,8 +69,8 @@ class ModelState:
     """The base model and the adapter currently on it, loaded lazily (a finished run loads nothing).
 
     With `train.adapter: continue` one PEFT adapter lives on the base model across stages;
-    the base model θ(0) stays available through `disable_adapter()`. With `new`, each
-    finished adapter is merged into the weights before a fresh one is attached.
+    the base model θ(0) stays available through `disable_adapter()`. With `new` (and always
+    for OSF), each finished adapter is merged into the weights before a fresh one is attached.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path):
@@ -103,28 +104,30 @@ class ModelState:
 
     def start_stage(self, stage: Stage, previous: list[Stage]):
         """The trainable model a stage starts from: fresh LoRA, or the previous stage's adapter."""
-        seed = self.cfg.seed + stage.index
         if stage.fresh or not previous:
-            return self._attach(self._base(), seed)
+            return self._attach(self._base(), stage)
         self.load_after(previous[-1], previous[:-1], trainable=True)
-        if self.cfg.train.adapter == "new":
+        if merges_between_stages(self.cfg):
             self.model = self.model.merge_and_unload()
             self.base_modified = True
-            return self._attach(self.model, seed)
-        for name, param in self.model.named_parameters():  # it may have been loaded frozen for evaluation
-            if "lora_" in name:
-                param.requires_grad_(True)
+            return self._attach(self.model, stage)
+        for param in self.adapter_parameters().values():  # it may have been loaded frozen for evaluation
+            param.requires_grad_(True)
         return self.model
 
-    def _attach(self, base, seed: int):
-        self.model = attach_lora(base, self.cfg.train.lora, seed)
+    def _attach(self, base, stage: Stage):
+        self.model = attach_adapter(base, self.cfg, stage.index, self.cfg.seed + stage.index)
         return self.model
+
+    def adapter_parameters(self) -> dict:
+        """The adapter weights of the loaded model by name: what a stage trains, what L2 / EWC anchor."""
+        return {name: p for name, p in self.model.named_parameters() if is_adapter_weight(name)}
 
     def load_after(self, stage: Stage, before: list[Stage], trainable: bool = False):
         """The model as it was right after `stage` (loading adapters from disk if needed)."""
         if self.at_stage == stage.name:
             return self.model
-        chain = [stage] if stage.fresh or self.cfg.train.adapter == "continue" else [*before, stage]
+        chain = [*before, stage] if merges_between_stages(self.cfg) and not stage.fresh else [stage]
         model = self._base()
         for i, s in enumerate(chain):
             model = load_adapter(model, self.run_dir / "stages" / s.name / "adapter", trainable=trainable and i == len(chain) - 1)
@@ -230,13 +233,16 @@ def _run(cfg: RunConfig, run_dir: Path) -> dict:
     for k, stage in enumerate(plan):
         sdir = ctx.stage_dir(stage)
         adapter_dir = sdir / "adapter"
+        reg = method.regularizer
         if not adapter_dir.exists():
             model = ctx.models.start_stage(stage, plan[:k])
             rows = method.training_rows(stage, ctx)
             write_jsonl(sdir / "train.jsonl", rows)
             log.info("stage %s: training on %d rows (%s)", stage.name, len(rows), _sources(rows))
+            penalty = reg.penalty(ctx, plan[k - 1], ctx.models.adapter_parameters()) if reg and k > 0 else None
             with ctx.timed(f"train {stage.name}"):
-                stats = train_stage(model, ctx.models.template, rows, cfg.train, cfg.seed + stage.index, desc=f"train {stage.name}")
+                stats = train_stage(model, ctx.models.template, rows, cfg.train, cfg.seed + stage.index,
+                                    desc=f"train {stage.name}", penalty=penalty)
                 save_adapter(model, adapter_dir)
             write_json(sdir / "train_stats.json", stats)
             ctx.models.finished(stage)
@@ -244,6 +250,10 @@ def _run(cfg: RunConfig, run_dir: Path) -> dict:
 
         def stage_model(stage=stage, before=plan[:k]):
             return ctx.models.load_after(stage, before)
+
+        if reg and reg.pending_after(stage, ctx, last=k == len(plan) - 1):
+            with ctx.timed(f"regularizer {stage.name}"):  # p_prev (and Fisher) for the next stage
+                reg.after_stage(stage, ctx, stage_model(), ctx.models.adapter_parameters(), plan[k - 1] if k > 0 else None)
 
         stage_scores[stage.index] = evaluate_stage(ctx, stage, list(stage.evaluate), stage_model)
         if method.pending_after(stage, ctx):
@@ -282,14 +292,14 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
     """Copy the base evaluation and stage 1 of a finished run into a new run of another method.
 
     Stage 1 is plain fine-tuning on task 1 for every continual method (sequential, replay,
-    ssr): with the same config apart from `method.*`, it is the same computation (same rows,
+    ssr, l2, ewc: a regulariser starts at stage 2): with the same config apart from `method.*`, it is the same computation (same rows,
     seeds and data order; a test checks the adapters are identical), so it is reused, not
     redone. The copied steps' timings come along, so wall times stay comparable.
     Returns whether anything was copied.
     """
     import shutil
 
-    continual = ("sequential", "replay", "ssr")
+    continual = ("sequential", "replay", "ssr", "l2", "ewc")  # stage 1 has no penalty yet
     saved = source / "config.yaml"
     if not saved.exists() or cfg.method.name not in continual or (target / "stages").exists():
         return False
