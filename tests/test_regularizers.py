@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from peft import PeftConfig
+from peft import PeftConfig, PeftModel
 from safetensors.torch import load_file, save_file
 
 import ssr.runner
@@ -230,8 +230,21 @@ def test_osf_end_to_end_through_peft(task_dir, tiny_model_dir, tmp_path):
         assert all("osf_svd_params" in k for k in _adapter_weights(out, f"{i}-{t}"))
     assert ranks == [0.3, 0.5, 0.7]  # more of the weights frozen with every task (PEFT's example)
 
-    # each stage's adapter is merged before the next is attached; reloading that chain from
-    # disk gives the predictions the in-memory model gave
+    # each stage's adapter is merged before the next is attached: the runner's model after
+    # stage 3 is base + adapter 1 merged + adapter 2 merged + adapter 3, rebuilt here by hand
+    cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "osf"))
+    plan = [Stage(i, f"{i}-{t}", (t,), fresh=i == 1) for i, t in enumerate(TASKS, 1)]
+    x = torch.tensor([[5, 17, 42, 8, 99, 3]])
+    with torch.no_grad():
+        runner_logits = ModelState(cfg, out).load_after(plan[-1], plan[:-1])(input_ids=x).logits
+        by_hand = load_base_model(str(tiny_model_dir))
+        for stage in plan:
+            by_hand = PeftModel.from_pretrained(by_hand, str(out / "stages" / stage.name / "adapter")).merge_and_unload()
+        torch.testing.assert_close(runner_logits, by_hand(input_ids=x).logits, rtol=1e-4, atol=1e-5)
+        last_only = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(out / "stages" / "3-count" / "adapter"))
+        assert not torch.allclose(runner_logits, last_only(input_ids=x).logits, atol=1e-5)  # the chain matters
+
+    # reloading that chain from disk gives the predictions the in-memory model gave
     first = {p: p.read_text() for p in sorted((out / "stages").glob("[123]-*/predictions/*.jsonl"))}
     for p in first:
         p.unlink()
