@@ -6,7 +6,8 @@ BIN     := $(VENV)/bin
 # several GB of CUDA wheels; GPU users install their own torch before `make install`.
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
-# `make bench ORDERS=1,2,3 SEEDS=1,2` for the paper's three orders and several seeds.
+# `make bench ORDERS=1,2,3 SEEDS=1,2` for the paper's three orders and several seeds;
+# `METHODS=sequential,ssr,l2,ewc,osf` for other variants (see `ssr sweep --help`).
 ORDERS  ?= 1
 SEEDS   ?=
 
@@ -33,7 +34,7 @@ demo: install
 # The paper's 5-task protocol on ../shared/data/superni at CPU scale (~90 min for order 1 here);
 # every run is cached under runs/bench, so an interrupted benchmark resumes.
 bench: install
-	$(BIN)/python benchmarks/quality.py --orders $(ORDERS) $(if $(SEEDS),--seeds $(SEEDS)) --markdown BENCHMARKS.md
+	$(BIN)/python benchmarks/quality.py --orders $(ORDERS) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods $(METHODS)) --markdown BENCHMARKS.md
 
 bench-quick: install
 	$(BIN)/python benchmarks/throughput.py --markdown BENCHMARKS.md --json runs/bench/throughput.json

@@ -58,6 +58,8 @@ PAPER_LABELS = {
     "mtl": "MTL",
     "single": "Single-task",
 }
+TABLE_1 = ("sequential", "replay-random-1", "replay-kmeans-1", "replay-random-10", "replay-kmeans-10", "ssr", "mtl")
+"""What `ssr sweep` runs without --methods: the rows of the paper's Table 1."""
 CONTINUAL = ("sequential", "replay", "ssr", "l2", "ewc")  # methods whose stage 1 is plain fine-tuning on task 1
 
 
@@ -188,4 +190,4 @@ def summary_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["VARIANTS", "PAPER_LABELS", "variant_overrides", "plan_sweep", "run_sweep", "summarize", "summary_table", "finished_runs", "format_mean_std"]
+__all__ = ["VARIANTS", "TABLE_1", "PAPER_LABELS", "variant_overrides", "plan_sweep", "run_sweep", "summarize", "summary_table", "finished_runs", "format_mean_std"]
