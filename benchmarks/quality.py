@@ -114,6 +114,7 @@ def verdict(summary: dict[str, dict]) -> str:
 def section(out: Path, command: str, started: str, orders: list[int], seeds: list[int] | None, overrides: list[str]) -> str:
     sweep = json.loads((out / "sweep.json").read_text())
     summary = {row["variant"]: row for row in json.loads((out / "summary.json").read_text())}
+    shown = METHODS + [v for v in summary if v not in METHODS]  # e.g. --methods ...,l2,ewc,osf
     cfg = load_config(CONFIG, overrides)
     total = sum(wall_seconds(out / r["path"], own_only=True) for r in sweep["runs"])
     lines = [SECTION, "",
@@ -134,7 +135,7 @@ def section(out: Path, command: str, started: str, orders: list[int], seeds: lis
              "",
              "| method | AR | FWT | BWT | wall time (min) | paper, Llama-2-7b: AR / BWT |",
              "|---|---:|---:|---:|---:|---:|"]
-    for variant in METHODS:
+    for variant in shown:
         row = summary.get(variant)
         if row is None:
             continue
@@ -152,7 +153,7 @@ def section(out: Path, command: str, started: str, orders: list[int], seeds: lis
               "",
               "| method | " + " | ".join(cfg.tasks[i].name for i in range(len(cfg.tasks))) + " |",
               "|---|" + "---:|" * len(cfg.tasks)]
-    for variant in METHODS:
+    for variant in shown:
         scores = final_scores(out, sweep, variant)
         if scores:
             lines.append(f"| {PAPER_LABELS[variant]} | " + " | ".join(
@@ -163,7 +164,7 @@ def section(out: Path, command: str, started: str, orders: list[int], seeds: lis
                       f"({sweep['runs'][0]['order_label']}, seed {sweep['runs'][0]['seed']}): differences within about two "
                       "standard errors are not resolved by this many evaluation rows.", "",
                   "| method | AR − sequential AR |", "|---|---:|"]
-        for variant in METHODS:
+        for variant in shown:
             if variant != "sequential" and variant in first_run:
                 diff, se = paired_ar_difference(first_run[variant], first_run["sequential"])
                 lines.append(f"| {PAPER_LABELS[variant]} | {diff:+.2f} ± {se:.2f} |")

@@ -79,11 +79,11 @@ def test_killed_run_resumes_where_it_stopped(task_dir, tiny_model_dir, tmp_path,
     real_train = ssr.runner.train_stage
     calls = []
 
-    def dies_in_stage_2(model, template, rows, cfg, seed, desc):
+    def dies_in_stage_2(model, template, rows, cfg, seed, desc, penalty=None):
         calls.append(desc)
         if "2-upper" in desc:
             raise KeyboardInterrupt("killed")
-        return real_train(model, template, rows, cfg, seed, desc=desc)
+        return real_train(model, template, rows, cfg, seed, desc=desc, penalty=penalty)
 
     monkeypatch.setattr(ssr.runner, "train_stage", dies_in_stage_2)
     with pytest.raises(KeyboardInterrupt):
@@ -192,3 +192,21 @@ def test_icl_model_is_the_base_model_and_stage_generators_serve_each_stage(task_
         assert generator.generate(prompts, params) == fresh_base
     assert ctx.generator_after(plan[0]).generate(prompts, params) == tuned
     assert ctx.generator_after(BASE_STAGE).generate(prompts, params) == fresh_base
+
+
+def test_a_run_saved_before_new_config_keys_resumes(task_dir, tiny_model_dir, tmp_path):
+    """A run directory whose config.yaml predates keys added since (their defaults reproduce the
+    old behaviour) is resumed, not refused as a different config; a changed value still is."""
+    import yaml
+
+    out = tmp_path / "run"
+    raw = tiny_config(task_dir, tiny_model_dir, tasks=("upper",))
+    first = run(load_config(None, raw=raw), out)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    for section, key in (("model", "dtype"), ("method", "screen"), ("train", "bf16")):
+        del saved[section][key]
+    del saved["tasks"][0]["language"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run(load_config(None, raw=raw), out)["scores"] == first["scores"]
+    with pytest.raises(RunDirError, match="train.lr"):
+        run(load_config(None, raw={**raw, "train": {**raw["train"], "lr": 5e-4}}), out)

@@ -110,9 +110,9 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Methods x task orders x seeds, each a cached run; mean ± std per method."""
     from ssr.report import build_report
-    from ssr.sweep import VARIANTS, finished_runs, run_sweep, summary_table
+    from ssr.sweep import TABLE_1, finished_runs, run_sweep, summary_table
 
-    variants = args.methods.split(",") if args.methods else [v for v in VARIANTS if v != "single"]
+    variants = args.methods.split(",") if args.methods else list(TABLE_1)
     orders = [tuple(o.split(",")) for o in args.order] or None
     out = Path(args.output_dir)
     summary = run_sweep(args.config, variants, out, orders, _parse_seeds(args.seeds), args.overrides,
@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--output-dir", "-o", required=True, help="sweep directory (rerun the same command to resume)")
     p.add_argument("--methods", help="comma-separated variants: sequential, replay-random-1, replay-kmeans-1, "
-                                     "replay-random-10, replay-kmeans-10, ssr, mtl, single (default: all but single)")
+                                     "replay-random-10, replay-kmeans-10, ssr, mtl, single, l2, ewc, osf, ssr-ewc "
+                                     "(default: the paper's Table 1 rows, all but single and the last four)")
     p.add_argument("--order", action="append", default=[], metavar="T1,T2,...",
                    help="a task order (comma-separated task names, repeatable; default: the config's order)")
     p.add_argument("--seeds", metavar="S1,S2,...", help="comma-separated seeds (default: the config's seed)")

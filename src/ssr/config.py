@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic_core import PydanticUndefined
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ssr.errors import ConfigError, printable
 
-METHODS = ("sequential", "replay", "mtl", "single", "ssr")
+METHODS = ("sequential", "replay", "mtl", "single", "ssr", "l2", "ewc", "osf")
 MAX_TASK_NAME_BYTES = 100
 """A task name is part of file names (`synthetic/<task>.candidates.jsonl`, temporaries): well
 under the usual 255-byte limit of a file name."""
@@ -191,7 +192,7 @@ class GenerationConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    name: Literal["sequential", "replay", "mtl", "single", "ssr"] = "sequential"
+    name: Literal["sequential", "replay", "mtl", "single", "ssr", "l2", "ewc", "osf"] = "sequential"
     selection: Literal["random", "kmeans"] | None = None
     """How rehearsal instances are chosen (default: random for replay, kmeans for ssr)."""
     ratio: float | None = Field(default=None, gt=0, le=1)
@@ -244,8 +245,34 @@ class MethodConfig(_Strict):
     screen: ScreenConfig | None = None
     """Drop synthetic candidates that match these rules (verdict `screened`); off by default."""
 
+    # --- regularisers (sequential, replay, ssr; `l2` / `ewc` are sequential + that regulariser) ---
+    regularizer: Literal["none", "l2", "ewc"] | None = None
+    """Penalty added to the loss from stage 2 on (default: none; `l2` / `ewc` for those methods)."""
+    reg_lambda: float = Field(default=0.1, ge=0)
+    """λ of the penalty λ Σ w (p − p_prev)² over the trainable weights."""
+    fisher_samples: int = Field(default=200, ge=1)
+    """EWC: single-example batches of the stage's training rows that estimate the Fisher."""
+    fisher_accumulate: bool = False
+    """EWC: add each stage's Fisher to the previous one (the release keeps only the latest)."""
+
+    # --- OSF (PEFT orthogonal subspace fine-tuning) ---
+    osf_effective_rank: list[float] | None = None
+    """Per stage, the fraction of each weight's singular directions kept frozen (PEFT's
+    `effective_rank`); default evenly spaced from 0.3 to 0.7 over the stages."""
+
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:
+        if self.name in ("l2", "ewc") and self.regularizer not in (None, self.name):
+            raise ValueError(f"method {self.name} is sequential + the {self.name} regulariser; "
+                             f"use method.name: sequential with method.regularizer: {self.regularizer} instead")
+        if self.name in ("mtl", "single", "osf") and self.regularizer not in (None, "none"):
+            raise ValueError(f"method.regularizer applies to sequential, replay and ssr, not {self.name} "
+                             "(it anchors each stage to the previous stage's weights)")
+        if self.osf_effective_rank is not None:
+            if self.name != "osf":
+                raise ValueError(f"osf_effective_rank only applies to osf, not {self.name}")
+            if not all(0 < r < 1 for r in self.osf_effective_rank):
+                raise ValueError("osf_effective_rank: every value is a fraction in (0, 1)")
         if self.ratio is not None and self.per_task is not None:
             raise ValueError("give either method.ratio or method.per_task, not both")
         rehearsal_keys = ("selection", "ratio", "per_task")
@@ -256,6 +283,11 @@ class MethodConfig(_Strict):
         if self.screen is not None and self.name != "ssr":
             raise ValueError(f"screen only applies to ssr (synthetic data), not {self.name}")
         return self
+
+    @property
+    def regularizer_or_default(self) -> str:
+        """The regulariser in effect: `l2` / `ewc` for those methods, else `regularizer` or none."""
+        return self.name if self.name in ("l2", "ewc") else (self.regularizer or "none")
 
     @property
     def selection_or_default(self) -> str:
@@ -295,6 +327,11 @@ class RunConfig(_Strict):
         unknown = sorted(set(self.method.demos_override or {}) - set(names))
         if unknown:
             raise ValueError(f"method.demos_override names tasks not in the config: {unknown} (tasks: {names})")
+        if self.method.regularizer_or_default != "none" and self.train.adapter == "new":
+            raise ValueError("a regulariser anchors the adapter to its previous values: it needs train.adapter: continue")
+        ranks = self.method.osf_effective_rank
+        if ranks is not None and len(ranks) != len(self.tasks):
+            raise ValueError(f"method.osf_effective_rank: one value per task ({len(self.tasks)}), got {len(ranks)}")
         return self
 
 
@@ -302,16 +339,35 @@ class RunConfig(_Strict):
 RUNTIME_KEYS = ("eval.batch_size", "method.batch_size", "generation.kv_cache_gb", "generation.gpu_memory_utilization")
 
 
-# What runs saved before a key existed computed with: a rerun of such a run compares against these.
+# What runs saved before a key existed computed with, where that differs from the key's default.
 LEGACY_DEFAULTS = {("generation", "backend"): "hf"}
 
 
+def _deep_fill(defaults: dict, given: dict) -> dict:
+    out = dict(defaults)
+    for key, value in given.items():
+        out[key] = _deep_fill(defaults[key], value) if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value
+    return out
+
+
 def with_legacy_defaults(saved: dict) -> dict:
-    """A saved config with the keys it predates filled in as the code then behaved."""
-    saved = copy.deepcopy(saved)
+    """A saved config with the keys it predates filled in as the code then behaved: the key's
+    default (new keys default to the old behaviour), or LEGACY_DEFAULTS where they do not. So a
+    run directory made before a key existed is not refused as "a different config"."""
+    saved = copy.deepcopy(saved) if isinstance(saved, dict) else {}
     for (section, key), value in LEGACY_DEFAULTS.items():
-        saved.setdefault(section, {}).setdefault(key, value)
-    return saved
+        if isinstance(saved.get(section, {}), dict):
+            saved.setdefault(section, {}).setdefault(key, value)
+    filled = dict(saved)
+    for name, field in RunConfig.model_fields.items():
+        if field.default_factory is not None and isinstance(saved.get(name, {}), dict):
+            filled[name] = _deep_fill(field.default_factory().model_dump(mode="json"), saved.get(name, {}))
+        elif name not in saved and field.default is not PydanticUndefined:
+            filled[name] = field.default
+    if isinstance(saved.get("tasks"), list):
+        task_defaults = {k: f.default for k, f in TaskConfig.model_fields.items() if f.default is not PydanticUndefined}
+        filled["tasks"] = [_deep_fill(task_defaults, t) if isinstance(t, dict) else t for t in saved["tasks"]]
+    return filled
 
 
 def _parse_value(key: str, text: str) -> Any:

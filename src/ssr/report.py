@@ -31,7 +31,7 @@ def load_run(run_dir: Path) -> dict:
 
 
 def run_label(results: dict, cfg_text: str) -> str:
-    """A short name: the method, with the replay selection and size when relevant."""
+    """A short name: the method, with the replay selection and size and a regulariser when relevant."""
     import yaml
 
     method = yaml.safe_load(cfg_text).get("method", {})
@@ -39,6 +39,8 @@ def run_label(results: dict, cfg_text: str) -> str:
     if label == "replay":
         size = f"{method['per_task']}/task" if method.get("per_task") else f"{100 * (method.get('ratio') or 0.1):g}%"
         label += f" ({method.get('selection') or 'random'}, {size})"
+    if method.get("regularizer") not in (None, "none") and label not in ("l2", "ewc"):
+        label += f" + {method['regularizer']}"  # e.g. ssr + ewc
     return label
 
 

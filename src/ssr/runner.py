@@ -9,6 +9,7 @@ crash continues where it stopped:
     <out>/stages/<i>-<name>/train.jsonl    what the stage learnt (`task`, `source` per row)
     <out>/stages/<i>-<name>/adapter/       PEFT adapter (its presence marks a trained stage)
     <out>/stages/<i>-<name>/predictions/<task>.jsonl
+    <out>/regularizer/<i>-<name>.safetensors   p_prev (and Fisher) for L2 / EWC, after each stage
     <out>/results.json                     score matrix, AR / FWT / BWT
 """
 
@@ -39,7 +40,7 @@ from ssr.engines.vllm import VLLMEngine, current_engine
 from ssr.generation import Generator, HFGenerator
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
-from ssr.models.lora import attach_lora, load_adapter, save_adapter
+from ssr.models.lora import attach_adapter, is_adapter_weight, load_adapter, merges_between_stages, save_adapter
 from ssr.models.dtype import DTYPES, resolve_dtype
 from ssr.models.loading import cache_root, check_model_source, context_length, load_base_model, load_tokenizer, local_model_dir
 from ssr.models.templates import get_template
@@ -86,14 +87,15 @@ class ModelState:
     Everything is loaded lazily: a finished run loads nothing.
 
     With `train.adapter: continue` one PEFT adapter lives on the base model across stages;
-    the base model θ(0) stays available through `disable_adapter()`. With `new`, each
-    finished adapter is merged into the weights before a fresh one is attached.
+    the base model θ(0) stays available through `disable_adapter()`. With `new` (and always
+    for OSF), each finished adapter is merged into the weights before a fresh one is attached.
 
     Generation (`stage_generator`) runs on the configured backend. With `vllm`, one engine per
     process serves θ(0) and every stage's adapter from its directory; the training model is
     not needed (on a GPU it leaves the device while the engine generates, and the engine
     sleeps while a stage trains). Stages whose weights are a chain of merged adapters
-    (`train.adapter: new`) and a separate `method.icl_model` are served by the `hf` backend.
+    (`train.adapter: new`), OSF's adapters and a separate `method.icl_model` are served by the
+    `hf` backend.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path):
@@ -145,21 +147,19 @@ class ModelState:
         engine = current_engine()
         if engine is not None:
             engine.sleep()  # on a GPU: the engine's memory goes back while the stage trains
-        seed = self.cfg.seed + stage.index
         if stage.fresh or not previous:
-            return self._attach(self._base(), seed)
+            return self._attach(self._base(), stage)
         self.load_after(previous[-1], previous[:-1], trainable=True)
-        if self.cfg.train.adapter == "new":
+        if merges_between_stages(self.cfg):
             self.model = self.model.merge_and_unload()
             self.base_modified = True
-            return self._attach(self.model, seed)
-        for name, param in self.model.named_parameters():  # it may have been loaded frozen for evaluation
-            if "lora_" in name:
-                param.requires_grad_(True)
+            return self._attach(self.model, stage)
+        for param in self.adapter_parameters().values():  # it may have been loaded frozen for evaluation
+            param.requires_grad_(True)
         return self.model
 
-    def _attach(self, base, seed: int):
-        self.model = attach_lora(base, self.cfg.train.lora, seed)
+    def _attach(self, base, stage: Stage):
+        self.model = attach_adapter(base, self.cfg, stage.index, self.cfg.seed + stage.index)
         return self.model
 
     def serve_as(self, stage: Stage, adapter: Path | None) -> None:
@@ -172,13 +172,17 @@ class ModelState:
             return None
         return self.adapter_overrides.get(stage.name, self.run_dir / "stages" / stage.name / "adapter")
 
+    def adapter_parameters(self) -> dict:
+        """The adapter weights of the loaded model by name: what a stage trains, what L2 / EWC anchor."""
+        return {name: p for name, p in self.model.named_parameters() if is_adapter_weight(name)}
+
     def load_after(self, stage: Stage, before: list[Stage], trainable: bool = False):
         """The model as it was right after `stage` (loading adapters from disk if needed)."""
         if self.adapter_dir(stage) is None:
             return self.base()
         if self.at_stage == stage.name:
             return self._on_device(self.model)
-        chain = [stage] if stage.fresh or self.cfg.train.adapter == "continue" else [*before, stage]
+        chain = [*before, stage] if merges_between_stages(self.cfg) and not stage.fresh else [stage]
         model = self._base()
         for i, s in enumerate(chain):
             model = self.load_adapter(model, self.adapter_dir(s), trainable=trainable and i == len(chain) - 1)
@@ -198,10 +202,14 @@ class ModelState:
     # --- generation on the configured backend ---
 
     def _vllm_serves(self, stage: Stage, before: list[Stage]) -> bool:
-        """vLLM serves θ(0) and any stage whose weights are θ(0) + one adapter directory."""
+        """vLLM serves θ(0) and any stage whose weights are θ(0) + one LoRA adapter directory
+        (not a chain of merged adapters, not OSF's adapters, which vLLM cannot load)."""
         if self.cfg.generation.backend != "vllm":
             return False
-        return stage.name == BASE_STAGE.name or stage.fresh or self.cfg.train.adapter == "continue" or not before
+        if self.adapter_dir(stage) is None:
+            return True
+        lora = self.cfg.method.name != "osf"
+        return lora and (stage.fresh or not merges_between_stages(self.cfg) or not before)
 
     def engine(self) -> VLLMEngine:
         from ssr.engines.vllm import EngineSpec, get_engine, lora_rank_for
@@ -432,17 +440,25 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
     for k, stage in enumerate(plan):
         sdir = ctx.stage_dir(stage)
         adapter_dir = sdir / "adapter"
+        reg = method.regularizer
         if not adapter_dir.exists():
             model = ctx.models.start_stage(stage, plan[:k])
             rows = method.training_rows(stage, ctx)
             write_jsonl(sdir / "train.jsonl", rows)
             log.info("stage %s: training on %d rows (%s)", stage.name, len(rows), _sources(rows))
+            penalty = reg.penalty(ctx, plan[k - 1], ctx.models.adapter_parameters()) if reg and k > 0 else None
             with ctx.timed(f"train {stage.name}"):
-                stats = train_stage(model, ctx.models.template, rows, cfg.train, cfg.seed + stage.index, desc=f"train {stage.name}")
+                stats = train_stage(model, ctx.models.template, rows, cfg.train, cfg.seed + stage.index,
+                                    desc=f"train {stage.name}", penalty=penalty)
                 write_json(sdir / "train_stats.json", stats)  # before the adapter, which marks the stage done
                 save_adapter(model, adapter_dir)
             ctx.models.finished(stage)
             log.info("stage %s: %s", stage.name, stats)
+
+        if reg and reg.pending_after(stage, ctx, last=k == len(plan) - 1):
+            with ctx.timed(f"regularizer {stage.name}"):  # p_prev (and Fisher) for the next stage
+                model = ctx.models.load_after(stage, plan[:k])
+                reg.after_stage(stage, ctx, model, ctx.models.adapter_parameters(), plan[k - 1] if k > 0 else None)
 
         stage_scores[stage.index] = evaluate_stage(ctx, stage, list(stage.evaluate))
         if method.pending_after(stage, ctx):
@@ -484,13 +500,13 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
     """Copy the base evaluation and stage 1 of a finished run into a new run of another method.
 
     Stage 1 is plain fine-tuning on task 1 for every continual method (sequential, replay,
-    ssr): with the same config apart from `method.*`, it is the same computation (same rows,
-    seeds and data order; a test checks the adapters are identical), so it is reused, not
+    ssr, l2, ewc: a regulariser starts at stage 2): with the same config apart from `method.*`,
+    it is the same computation (same rows, seeds and data order; a test checks the adapters are identical), so it is reused, not
     redone. The copied steps' timings come along, so wall times stay comparable.
     Returns whether anything was copied.
     """
 
-    continual = ("sequential", "replay", "ssr")
+    continual = ("sequential", "replay", "ssr", "l2", "ewc")  # stage 1 has no penalty yet
     saved = source / "config.yaml"
     if not saved.exists() or cfg.method.name not in continual or (target / "stages").exists():
         return False

@@ -8,7 +8,7 @@ A sweep is a folder of ordinary run directories, so an interrupted sweep resumes
     <out>/sweep.json                        when it started, variants, orders, seeds, where each run lives
     <out>/summary.json, summary.md          AR / FWT / BWT / wall time per variant: mean ± std
 
-Within one order and seed, the continual variants (sequential, replay, ssr) share the base
+Within one order and seed, the continual variants (sequential, replay, ssr, l2, ewc) share the base
 evaluation and stage 1: plain fine-tuning on the first task is the same computation for all of
 them, so it is computed once (see `runner.share_first_stage`).
 """
@@ -38,6 +38,10 @@ VARIANTS: dict[str, dict[str, object]] = {
     "replay-random-10": {"name": "replay", "selection": "random", "ratio": 0.1},
     "replay-kmeans-10": {"name": "replay", "selection": "kmeans", "ratio": 0.1},
     "ssr": {"name": "ssr", "ratio": 0.1},
+    "l2": {"name": "l2"},
+    "ewc": {"name": "ewc"},
+    "osf": {"name": "osf"},
+    "ssr-ewc": {"name": "ssr", "ratio": 0.1, "regularizer": "ewc"},
     "mtl": {"name": "mtl"},
     "single": {"name": "single"},
 }
@@ -48,17 +52,25 @@ PAPER_LABELS = {
     "replay-random-10": "RandSel (10 %)",
     "replay-kmeans-10": "KMeansSel (10 %)",
     "ssr": "SSR",
+    "l2": "L2",
+    "ewc": "EWC",
+    "osf": "OSF (PEFT)",
+    "ssr-ewc": "SSR + EWC",
     "mtl": "MTL",
     "single": "Single-task",
 }
-CONTINUAL = ("sequential", "replay", "ssr")  # methods whose stage 1 is plain fine-tuning on task 1
+TABLE_1 = ("sequential", "replay-random-1", "replay-kmeans-1", "replay-random-10", "replay-kmeans-10", "ssr", "mtl")
+"""What `ssr sweep` runs without --methods: the rows of the paper's Table 1."""
+CONTINUAL = ("sequential", "replay", "ssr", "l2", "ewc")  # methods whose stage 1 is plain fine-tuning on task 1
 
 
 def variant_overrides(variant: str) -> list[str]:
     """`--set` lines that turn any config into `variant` (rehearsal keys cleared where unused)."""
     if variant not in VARIANTS:
         raise ConfigError(f"unknown method variant {variant!r}; known: {', '.join(VARIANTS)}")
-    settings = {"selection": None, "ratio": None, "per_task": None, **VARIANTS[variant]}
+    settings = {"selection": None, "ratio": None, "per_task": None, "regularizer": None, **VARIANTS[variant]}
+    if settings["name"] != "osf":  # a --set method.osf_effective_rank stays for the osf variant only
+        settings["osf_effective_rank"] = None
     return [f"method.{k}={'null' if v is None else v}" for k, v in settings.items()]
 
 
@@ -195,4 +207,4 @@ def summary_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["VARIANTS", "PAPER_LABELS", "variant_overrides", "plan_sweep", "run_sweep", "summarize", "summary_table", "finished_runs", "format_mean_std"]
+__all__ = ["VARIANTS", "TABLE_1", "PAPER_LABELS", "variant_overrides", "plan_sweep", "run_sweep", "summarize", "summary_table", "finished_runs", "format_mean_std"]

@@ -16,6 +16,7 @@ import random
 import time
 from contextlib import nullcontext
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -119,11 +120,14 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], sparse_logits: bool) -
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:][keep[:, :-1]])
 
 
-def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainConfig, seed: int, desc: str = "train") -> dict:
+def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainConfig, seed: int, desc: str = "train",
+                penalty: Callable[[], torch.Tensor] | None = None) -> dict:
     """Fine-tune the trainable (LoRA) parameters of `model` on `rows`; returns stage statistics.
 
     A fresh AdamW and schedule every stage (the paper's setting). Deterministic on CPU for a
-    fixed seed: data order and dropout both derive from it.
+    fixed seed: data order and dropout both derive from it. `penalty`, when given, is a loss
+    term the method supplies (a regulariser over the trainable weights), added once per
+    optimizer step.
     """
     accelerator = get_accelerator()
     seed_everything(seed)
@@ -145,7 +149,7 @@ def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainCon
     sparse_logits = supports_sparse_logits(model)
 
     model.train()
-    step, micro_step, tokens, last_loss = 0, 0, 0, float("nan")
+    step, micro_step, tokens, last_loss, last_penalty = 0, 0, 0, float("nan"), None
     started = time.perf_counter()
     bar = tqdm(total=total_steps, desc=desc, unit="step", leave=False)
     epoch = 0
@@ -161,7 +165,9 @@ def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainCon
             sync = nullcontext() if is_step else accelerator.no_sync(model)
             with sync, autocast:
                 loss = causal_lm_loss(model, inputs, sparse_logits)
-                accelerator.backward(loss / cfg.grad_accum)
+                extra = penalty() if penalty is not None else None
+                # each micro-batch carries 1/grad_accum of the penalty: once per step in total
+                accelerator.backward((loss if extra is None else loss + extra) / cfg.grad_accum)
             tokens += int(inputs["attention_mask"].sum())
             micro_step += 1
             if not is_step:
@@ -173,6 +179,7 @@ def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainCon
             step += 1
             micro_step = 0
             last_loss = float(loss.detach())
+            last_penalty = None if extra is None else float(extra.detach())
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}")
             if step >= total_steps:
@@ -190,5 +197,6 @@ def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainCon
         "seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
         "final_loss": last_loss,
+        **({} if penalty is None else {"final_penalty": last_penalty}),
         "bf16": use_bf16(cfg.bf16),
     }

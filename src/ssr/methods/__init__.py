@@ -2,13 +2,14 @@
 
 from ssr.methods.base import Method, RehearsalMethod, Stage
 from ssr.methods.mtl import MultiTask
+from ssr.methods.regularized import EWC, L2, OSF
 from ssr.methods.replay import Replay
 from ssr.methods.sequential import Sequential
 from ssr.methods.single import SingleTask
 from ssr.methods.ssr import SelfSynthesizedRehearsal
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Sequential, Replay, MultiTask, SingleTask, SelfSynthesizedRehearsal)
+    m.name: m for m in (Sequential, Replay, MultiTask, SingleTask, SelfSynthesizedRehearsal, L2, EWC, OSF)
 }
 
 

@@ -2,8 +2,8 @@
 
 A method never trains or evaluates by itself; the runner does that for every method alike.
 A method only answers: which stages are there (`plan`), what does a stage train on
-(`training_rows`), what is kept after it (`after_stage`), and how stage scores form the
-(T+1) x T matrix (`matrix`).
+(`training_rows`), what is kept after it (`after_stage`), which loss term it adds
+(`regularizer`), and how stage scores form the (T+1) x T matrix (`matrix`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ssr.data.task import Task, training_row
 from ssr.evaluation import continual_metrics
 from ssr.io import read_jsonl, write_jsonl
+from ssr.methods.regularizers import Regularizer, regularizer_for
 
 if TYPE_CHECKING:
     from ssr.runner import RunContext
@@ -43,6 +44,8 @@ class Method:
         self.cfg = cfg
         self.tasks = tasks
         self.by_name = {t.name: t for t in tasks}
+        self.regularizer: Regularizer | None = regularizer_for(cfg, cfg.seed)
+        """A loss term anchoring each stage to the previous one (L2 / EWC), or None."""
 
     def plan(self) -> list[Stage]:
         return [Stage(i, f"{i}-{t.name}", (t.name,), fresh=i == 1, evaluate=self.evaluated_after(i))
