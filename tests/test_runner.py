@@ -203,7 +203,7 @@ def test_a_run_saved_before_new_config_keys_resumes(task_dir, tiny_model_dir, tm
     raw = tiny_config(task_dir, tiny_model_dir, tasks=("upper",))
     first = run(load_config(None, raw=raw), out)
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    for section, key in (("model", "dtype"), ("method", "screen"), ("train", "bf16")):
+    for section, key in (("method", "screen"), ("method", "reg_lambda"), ("train", "bf16")):
         del saved[section][key]
     del saved["tasks"][0]["language"]
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
