@@ -95,3 +95,26 @@ def test_max_total_tokens_bounds_prompt_plus_generation(tiny_model_dir):
     # no room at all: an empty continuation that ended by length
     (empty,) = one.generate([prompts[0]], SamplingParams(max_new_tokens=5, max_total_tokens=len(prompts[0])))[0]
     assert empty == "" and empty.finish_reason == "length"
+
+
+def test_repetition_penalty_ignores_left_padding(stopping_model_dir):
+    """With EOS as the pad token (as SmolLM2's tokenizer has it), a prompt in a left-padded batch
+    is generated exactly as alone: the padding must not count as repeated EOS tokens."""
+    tok = load_tokenizer(str(stopping_model_dir))
+    tok.pad_token = tok.eos_token
+    model = load_base_model(str(stopping_model_dir))
+    texts = ["Reverse the word.\n\nInput: apple\nOutput:", "x", "Write the input in upper case, then again.\n\nInput: river cloud\nOutput:", "stone"]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    params = SamplingParams(max_new_tokens=10, repetition_penalty=1000.0)  # topples EOS (logit 3, others ~0.1) if it counted
+    alone = HFGenerator(model, tok, batch_size=1, show_progress=False).generate(prompts, params)
+    batched = HFGenerator(model, tok, batch_size=4, show_progress=False).generate(prompts, params)
+    assert batched == alone
+    assert [c.finish_reason for (c,) in batched] == [c.finish_reason for (c,) in alone]
+    # and the penalty is transformers' own where there is no padding (batch 1)
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    from ssr.generation import RepetitionPenaltyOverPrompt
+
+    scores, ids = torch.randn(2, 40), torch.randint(0, 40, (2, 7))
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone())
+    assert torch.allclose(RepetitionPenaltyOverPrompt(1.3, torch.zeros(2, dtype=torch.long))(ids, scores.clone()), expected)
