@@ -76,9 +76,9 @@ def resolve_dtype(setting: str, cache_dir: Path | None = None, engine: str = "vl
 
     `auto`: bf16 on a bf16-capable GPU (fp16 on an older one). On a CPU: for the vLLM engine,
     bf16 only where its matmul measured >= BF16_MIN_SPEEDUP x faster than fp32 here; for the hf
-    model, fp32 (a LoRA step of SmolLM2-135M, 8 x 128 tokens, took 52 s with bf16 weights, 25 s
-    with bf16 autocast and 24 s in fp32 on this machine, although its bf16 matmul alone ran
-    ~2.5x faster). An explicit setting applies to both.
+    model, fp32 (a LoRA step of SmolLM2-135M, 8 x 128 tokens, took 52 s with bf16 weights against
+    24 s in fp32 on the development machine, although its bf16 matmul alone ran ~2x faster;
+    bf16 *autocast* over fp32 weights is `train.bf16`). An explicit setting applies to both.
     """
     if setting != "auto":
         return setting
