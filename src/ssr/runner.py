@@ -40,7 +40,7 @@ from ssr.engines.vllm import VLLMEngine, current_engine
 from ssr.generation import Generator, HFGenerator
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
-from ssr.models.lora import attach_adapter, is_adapter_weight, load_adapter, merges_between_stages, save_adapter
+from ssr.models.lora import attach_adapter, is_adapter_weight, load_adapter, merges_between_stages, save_adapter, uses_lora
 from ssr.models.dtype import DTYPES, resolve_dtype
 from ssr.models.loading import cache_root, check_model_source, context_length, load_base_model, load_tokenizer, local_model_dir
 from ssr.models.templates import get_template
@@ -50,6 +50,8 @@ from ssr.training import train_stage
 log = logging.getLogger("ssr")
 
 BASE_STAGE = Stage(0, "0-base", (), fresh=True)
+SHARED_FIRST_STAGE = ("sequential", "replay", "ssr", "l2", "ewc")
+"""Methods whose stage 1 is plain fine-tuning on task 1 (a regulariser starts at stage 2)."""
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}$")  # tempfile's names for `.{name}.` + 8 random characters
 
 
@@ -208,8 +210,7 @@ class ModelState:
             return False
         if self.adapter_dir(stage) is None:
             return True
-        lora = self.cfg.method.name != "osf"
-        return lora and (stage.fresh or not merges_between_stages(self.cfg) or not before)
+        return uses_lora(self.cfg) and (stage.fresh or not merges_between_stages(self.cfg) or not before)
 
     def engine(self) -> VLLMEngine:
         from ssr.engines.vllm import EngineSpec, get_engine, lora_rank_for
@@ -500,19 +501,18 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
     """Copy the base evaluation and stage 1 of a finished run into a new run of another method.
 
     Stage 1 is plain fine-tuning on task 1 for every continual method (sequential, replay,
-    ssr, l2, ewc: a regulariser starts at stage 2): with the same config apart from `method.*`,
-    it is the same computation (same rows, seeds and data order; a test checks the adapters are identical), so it is reused, not
+    ssr, l2, ewc: SHARED_FIRST_STAGE): with the same config apart from `method.*`, it is the same
+    computation (same rows, seeds and data order; a test checks the adapters are identical), so it is reused, not
     redone. The copied steps' timings come along, so wall times stay comparable.
     Returns whether anything was copied.
     """
 
-    continual = ("sequential", "replay", "ssr", "l2", "ewc")  # stage 1 has no penalty yet
     saved = source / "config.yaml"
-    if not saved.exists() or cfg.method.name not in continual or (target / "stages").exists():
+    if not saved.exists() or cfg.method.name not in SHARED_FIRST_STAGE or (target / "stages").exists():
         return False
     try:
         previous = config_mod.with_legacy_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")))
-        if previous["method"]["name"] not in continual:
+        if previous["method"]["name"] not in SHARED_FIRST_STAGE:
             return False
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
         return False

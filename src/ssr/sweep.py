@@ -26,7 +26,7 @@ from ssr.config import RunConfig, load_config, to_dict, validate
 from ssr.errors import ConfigError
 from ssr.io import write_json, write_text
 from ssr.runlock import run_lock
-from ssr.runner import RunDir, prepare, run
+from ssr.runner import SHARED_FIRST_STAGE, RunDir, prepare, run
 
 log = logging.getLogger("ssr")
 
@@ -61,7 +61,7 @@ PAPER_LABELS = {
 }
 TABLE_1 = ("sequential", "replay-random-1", "replay-kmeans-1", "replay-random-10", "replay-kmeans-10", "ssr", "mtl")
 """What `ssr sweep` runs without --methods: the rows of the paper's Table 1."""
-CONTINUAL = ("sequential", "replay", "ssr", "l2", "ewc")  # methods whose stage 1 is plain fine-tuning on task 1
+CONTINUAL = SHARED_FIRST_STAGE  # methods whose stage 1 is plain fine-tuning on task 1 (shared within a group)
 
 
 def variant_overrides(variant: str) -> list[str]:

@@ -44,9 +44,14 @@ def attach_osf(base, targets: list[str], effective_rank: float) -> PeftModel:
 
 def attach_adapter(base, cfg: RunConfig, stage_index: int, seed: int) -> PeftModel:
     """The run's adapter type for a new stage: OSF for `osf` (on the same targets as LoRA), else LoRA."""
-    if cfg.method.name == "osf":
+    if not uses_lora(cfg):
         return attach_osf(base, cfg.train.lora.targets, osf_effective_rank(cfg, stage_index))
     return attach_lora(base, cfg.train.lora, seed)
+
+
+def uses_lora(cfg: RunConfig) -> bool:
+    """Whether the run's adapters are LoRA (what `attach_adapter` attaches; vLLM serves only these)."""
+    return cfg.method.name != "osf"
 
 
 def merges_between_stages(cfg: RunConfig) -> bool:
