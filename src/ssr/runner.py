@@ -116,8 +116,18 @@ class ModelState:
         return get_template(self.cfg.model.template, self.tokenizer)
 
     @cached_property
+    def hf_dtype_name(self) -> str:
+        """`model.dtype` resolved once for the hf model (training, and hf generation)."""
+        return resolve_dtype(self.cfg.model.dtype, cache_root(self.cfg.model.cache_dir), engine="hf")
+
+    @cached_property
+    def vllm_dtype_name(self) -> str:
+        """`model.dtype` resolved once for the vLLM engine (may measure the CPU, once per machine)."""
+        return resolve_dtype(self.cfg.model.dtype, cache_root(self.cfg.model.cache_dir), engine="vllm")
+
+    @cached_property
     def dtype(self) -> torch.dtype:
-        return DTYPES[resolve_dtype(self.cfg.model.dtype, cache_root(self.cfg.model.cache_dir), engine="hf")]
+        return DTYPES[self.hf_dtype_name]
 
     @cached_property
     def context_length(self) -> int:
@@ -218,7 +228,7 @@ class ModelState:
         g = self.cfg.generation
         spec = EngineSpec(
             model_path=local_model_dir(self.cfg.model.name, self.cfg.model.cache_dir).path,
-            dtype=resolve_dtype(self.cfg.model.dtype, cache_root(self.cfg.model.cache_dir)),
+            dtype=self.vllm_dtype_name,
             max_lora_rank=lora_rank_for(self.cfg.train.lora.r),
             kv_cache_gb=g.kv_cache_gb, gpu_memory_utilization=g.gpu_memory_utilization,
             trust_remote_code=self.cfg.model.trust_remote_code, allow_pickle=self.cfg.model.allow_pickle,
@@ -480,8 +490,8 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
         "wall_seconds": wall_seconds(run_dir),
         "engines": {  # what generated and what trained, as resolved on this machine
             "generation": cfg.generation.backend,
-            "generation_dtype": resolve_dtype(cfg.model.dtype, cache_root(cfg.model.cache_dir), engine=cfg.generation.backend),
-            "training_dtype": resolve_dtype(cfg.model.dtype, cache_root(cfg.model.cache_dir), engine="hf"),
+            "generation_dtype": ctx.models.vllm_dtype_name if cfg.generation.backend == "vllm" else ctx.models.hf_dtype_name,
+            "training_dtype": ctx.models.hf_dtype_name,
         },
     }
     write_json(run_dir / "results.json", results)
