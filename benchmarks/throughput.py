@@ -38,6 +38,7 @@ from ssr.config import LoraSettings, TrainConfig
 from ssr.data.builtin import builtin_task
 from ssr.generation import HFGenerator, SamplingParams
 from ssr.models import get_template, load_base_model, load_tokenizer
+from ssr.models.dtype import cpu_description
 from ssr.models.lora import attach_lora
 from ssr.synthesis import build_icl_prompts
 from ssr.training import tokenize_rows, train_stage
@@ -292,7 +293,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     model = load_base_model(args.model)
     mem: dict = {}
-    figures: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if DEVICE == "cuda" else "")}
+    figures: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": f"{platform.machine()} ({cpu_description()}), {psutil.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if DEVICE == "cuda" else "")}
     figures |= bench_synthesis(model, tokenizer, args.prompts, args.synth_tokens, batch_size=args.prompts, mem=mem)
     figures |= bench_eval(model, tokenizer, args.eval_examples, EVAL_TOKENS, batch_size=args.eval_examples, mem=mem)
     rows = [{"definition": i.definition, "input": i.input, "output": i.output} for i in builtin_task("product").train[: args.train_examples]]

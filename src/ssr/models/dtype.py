@@ -36,6 +36,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_description() -> str:
+    """The CPU's model name and whether it has bf16 instructions, for benchmark records."""
+    name, _, flags = _cpu_name().partition(" | ")
+    model = name.split(":", 1)[-1].strip() or platform.machine()
+    bf16 = "yes" if any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")) else "no"
+    return f"{model}, bf16 {bf16}"
+
+
 def matmul_gflops(dtype: torch.dtype, m: int = 512, k: int = 576, n: int = 1536, seconds: float = 0.15) -> float:
     """Measured GFLOP/s of an (m x k) @ (k x n) matmul in `dtype` on the CPU (best of a short run)."""
     a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
