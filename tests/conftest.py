@@ -89,14 +89,17 @@ def build_tiny_model(d: Path, task_dir: Path) -> Path:
 
 def tiny_config(task_dir: Path, model_dir: Path, method: str = "sequential", tasks=("reverse", "upper", "count"),
                 backend: str = "hf", **method_opts) -> dict:
-    """A raw config dict for a fast run on the tiny model (fp32, the `hf` backend unless asked)."""
+    """A raw config dict for a fast run on the tiny model (fp32 weights and training, the `hf`
+    backend unless asked)."""
     return {
         "seed": 7,
         "model": {"name": str(model_dir), "template": "raw", "dtype": "float32"},
         "generation": {"backend": backend, "kv_cache_gb": 0.25},
         "data": {"dir": str(task_dir)},
         "eval": {"max_examples": 4, "max_new_tokens": 6, "batch_size": 4},
-        "train": {"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "max_source_length": 64, "max_target_length": 16},
+        # fp32 training everywhere: `auto` would pick bf16 autocast on some CPUs and not others
+        "train": {"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "max_source_length": 64, "max_target_length": 16,
+                  "bf16": "off"},
         "method": {"name": method, **method_opts},
         "tasks": [{"name": t, "train": f"{t}.train.jsonl", "eval": f"{t}.eval.jsonl", "demos": f"{t}.demos.jsonl"} for t in tasks],
     }

@@ -41,7 +41,7 @@ from ssr.generation import Generator, HFGenerator
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
 from ssr.models.lora import attach_adapter, is_adapter_weight, load_adapter, merges_between_stages, save_adapter, uses_lora
-from ssr.models.dtype import DTYPES, resolve_dtype
+from ssr.models.dtype import DTYPES, resolve_autocast, resolve_dtype
 from ssr.models.loading import cache_root, check_model_source, context_length, load_base_model, load_tokenizer, local_model_dir
 from ssr.models.templates import get_template
 from ssr.runlock import run_lock
@@ -124,6 +124,11 @@ class ModelState:
     def vllm_dtype_name(self) -> str:
         """`model.dtype` resolved once for the vLLM engine (may measure the CPU, once per machine)."""
         return resolve_dtype(self.cfg.model.dtype, cache_root(self.cfg.model.cache_dir), engine="vllm")
+
+    @cached_property
+    def train_bf16(self) -> bool:
+        """`train.bf16` resolved once per run (bf16 autocast in training; may measure the CPU once)."""
+        return resolve_autocast(self.cfg.train.bf16, cache_root(self.cfg.model.cache_dir))
 
     @cached_property
     def dtype(self) -> torch.dtype:
@@ -460,7 +465,7 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
             penalty = reg.penalty(ctx, plan[k - 1], ctx.models.adapter_parameters()) if reg and k > 0 else None
             with ctx.timed(f"train {stage.name}"):
                 stats = train_stage(model, ctx.models.template, rows, cfg.train, cfg.seed + stage.index,
-                                    desc=f"train {stage.name}", penalty=penalty)
+                                    desc=f"train {stage.name}", penalty=penalty, bf16=ctx.models.train_bf16)
                 write_json(sdir / "train_stats.json", stats)  # before the adapter, which marks the stage done
                 save_adapter(model, adapter_dir)
             ctx.models.finished(stage)
@@ -492,6 +497,7 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
             "generation": cfg.generation.backend,
             "generation_dtype": ctx.models.vllm_dtype_name if cfg.generation.backend == "vllm" else ctx.models.hf_dtype_name,
             "training_dtype": ctx.models.hf_dtype_name,
+            "training_autocast": "bfloat16" if ctx.models.train_bf16 else "off",
         },
     }
     write_json(run_dir / "results.json", results)

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 from transformers import modeling_utils
 
 from ssr.config import TrainConfig
+from ssr.models.dtype import resolve_autocast
 from ssr.models.templates import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def use_bf16(setting: str) -> bool:
-    """`auto` = bf16 where a GPU supports it; CPUs stay fp32 unless asked (see BENCHMARKS.md)."""
-    if setting == "on":
-        return True
-    if setting == "off":
-        return False
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def tokenize_rows(rows: list[dict], template: PromptTemplate, max_source: int, max_target: int) -> list[tuple[list[int], list[int]]]:
@@ -121,13 +113,14 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], sparse_logits: bool) -
 
 
 def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainConfig, seed: int, desc: str = "train",
-                penalty: Callable[[], torch.Tensor] | None = None) -> dict:
+                penalty: Callable[[], torch.Tensor] | None = None, bf16: bool | None = None) -> dict:
     """Fine-tune the trainable (LoRA) parameters of `model` on `rows`; returns stage statistics.
 
     A fresh AdamW and schedule every stage (the paper's setting). Deterministic on CPU for a
     fixed seed: data order and dropout both derive from it. `penalty`, when given, is a loss
     term the method supplies (a regulariser over the trainable weights), added once per
-    optimizer step.
+    optimizer step. `bf16`: autocast on or off as the run resolved `train.bf16` (once per run,
+    see `ModelState.train_bf16`); None resolves it here.
     """
     accelerator = get_accelerator()
     seed_everything(seed)
@@ -144,7 +137,9 @@ def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainCon
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16) if use_bf16(cfg.bf16) else nullcontext()
+    if bf16 is None:
+        bf16 = resolve_autocast(cfg.bf16)
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     pad_id = template.tokenizer.pad_token_id
     sparse_logits = supports_sparse_logits(model)
 
@@ -198,5 +193,5 @@ def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainCon
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
         "final_loss": last_loss,
         **({} if penalty is None else {"final_penalty": last_penalty}),
-        "bf16": use_bf16(cfg.bf16),
+        "bf16": bf16,
     }
