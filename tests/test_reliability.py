@@ -243,3 +243,56 @@ def test_validate_is_a_dry_run_that_says_what_would_run(tmp_path, capsys, task_d
     assert "#   stage 3-count: train on 28 rows (count/new 24, reverse/replay 2, upper/replay 2)" in out
     cfg = tiny_config(task_dir, tiny_model_dir, "ssr", selection="random", n_shots=7)
     _refused(capsys, ["validate", str(_write_config(tmp_path, cfg))], r"field 'tasks.0.demos'", lines=2)
+
+
+OWNER = """
+import subprocess, sys, time
+from pathlib import Path
+import psutil
+from ssr.engines.vllm import register_engine_processes
+# as vLLM starts its engine core: a child process that lives until told to stop
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+register_engine_processes([psutil.Process(child.pid)], Path(sys.argv[1]))
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_killed_runs_engine_processes_are_stopped_by_the_next_run_and_a_live_runs_are_not(tmp_path):
+    """vLLM's engine core outlives a SIGKILLed (or OOM-killed) parent and holds its memory; the
+    next engine start stops it. An engine whose owner still runs is left alone."""
+    import subprocess
+    import sys
+
+    from ssr.engines.vllm import reap_orphaned_engines
+
+    registry = tmp_path / "engines"
+    owners = [subprocess.Popen([sys.executable, "-c", OWNER, str(registry)], stdout=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    dead_owner, live_owner = owners
+    orphan, kept = (int(o.stdout.readline()) for o in owners)
+    try:
+        dead_owner.kill()
+        dead_owner.wait()
+        assert not _gone(orphan)  # the engine survived its owner
+        assert reap_orphaned_engines(registry) == 1
+        assert _gone(orphan) and not _gone(kept)
+        assert sorted(p.name for p in registry.iterdir()) == [f"{live_owner.pid}.json"]
+        assert reap_orphaned_engines(registry) == 0  # nothing left to stop
+    finally:
+        import psutil
+
+        for pid in (orphan, kept):
+            if not _gone(pid):
+                psutil.Process(pid).kill()
+        live_owner.kill()
+        live_owner.wait()

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import atexit
 import gc
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from ssr.generation import Completion, SamplingParams
 
@@ -65,12 +68,72 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def _registry_dir() -> Path:
+    from ssr.models.loading import cache_root
+
+    return cache_root() / "engines"
+
+
+def register_engine_processes(processes: list[psutil.Process], registry: Path | None = None) -> Path:
+    """Record the processes of an engine this process started, so that a later run can stop them
+    if this process dies without shutting them down (vLLM's engine core outlives a SIGKILLed or
+    OOM-killed parent, holding its memory, and a rerun would start a second engine beside it)."""
+    registry = registry or _registry_dir()
+    registry.mkdir(parents=True, exist_ok=True)
+    owner = psutil.Process()
+    path = registry / f"{owner.pid}.json"
+    from ssr.io import write_json
+
+    write_json(path, {"owner": [owner.pid, owner.create_time()],
+                      "processes": [[p.pid, p.create_time()] for p in processes]})
+    return path
+
+
+def _same_process(pid: int, created: float) -> psutil.Process | None:
+    """The process `pid` if it is still the one created at `created` (pids are reused)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc if abs(proc.create_time() - created) < 0.5 else None
+    except psutil.Error:
+        return None
+
+
+def reap_orphaned_engines(registry: Path | None = None) -> int:
+    """Stop the engine processes of runs that died without shutting them down; returns how many.
+    Engines of live processes are left alone."""
+    registry = registry or _registry_dir()
+    stopped = 0
+    for path in sorted(registry.glob("*.json")) if registry.is_dir() else []:
+        try:
+            entry = json.loads(path.read_text())
+            owner, processes = entry["owner"], entry["processes"]
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)
+            continue
+        if _same_process(*owner) is not None:
+            continue
+        alive = [p for p in (_same_process(pid, created) for pid, created in processes) if p is not None]
+        for proc in alive:
+            proc.terminate()
+        _, still = psutil.wait_procs(alive, timeout=10)
+        for proc in still:
+            proc.kill()
+        if alive:
+            log.warning("stopped %d process(es) of a vLLM engine left running by process %d, which died without "
+                        "shutting it down", len(alive), owner[0])
+        stopped += len(alive)
+        path.unlink(missing_ok=True)
+    return stopped
+
+
 class VLLMEngine:
     """A started vLLM engine and the adapters it has been given (by directory)."""
 
     def __init__(self, spec: EngineSpec):
         from vllm import LLM
 
+        reap_orphaned_engines()  # a killed earlier run's engine would hold its memory beside ours
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
         self.spec = spec
         if not on_gpu():
             # vLLM-CPU reserves one core for its front end by default; on a small machine that
@@ -88,6 +151,8 @@ class VLLMEngine:
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self._adapter_ids: dict[str, int] = {}
         self.asleep = False
+        started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        self._registry_file = register_engine_processes(started)
 
     def lora_request(self, adapter_dir: str | Path | None):
         """The request that selects `adapter_dir` (None = the base model). Ids are per directory:
@@ -156,6 +221,7 @@ class VLLMEngine:
         except Exception as err:  # noqa: BLE001 - best effort at exit
             log.debug("vLLM shutdown: %s", err)
         self.llm = None
+        self._registry_file.unlink(missing_ok=True)
         gc.collect()
 
 
