@@ -104,3 +104,25 @@ def test_train_bf16_auto_decides_by_the_cpu_measurement(tmp_path, monkeypatch):
         key_file.write_text(json.dumps({"bf16_speedup": speedup}))
         assert dtype.resolve_autocast("auto", cache) is expected
         assert dtype.resolve_autocast("on", cache) is True and dtype.resolve_autocast("off", cache) is False
+
+
+def test_osf_trains_under_bf16_autocast(tiny_model_dir):
+    """PEFT's OSF projects each gradient in a hook; under autocast the hook must still see and
+    return fp32 (a bf16 result stops backward). What OSF freezes stays frozen."""
+    from ssr.models.lora import attach_osf
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    template = get_template("raw", tok)
+    cfg = TrainConfig(epochs=1, lr=5e-3, batch_size=4, grad_accum=1, max_source_length=64, max_target_length=16)
+    model = attach_osf(load_base_model(str(tiny_model_dir)), ["q_proj", "v_proj"], 0.5)
+    def frozen_state():
+        state = {k: v for k, v in model.named_parameters() if not v.requires_grad} | dict(model.named_buffers())
+        return {k: v.detach().clone() for k, v in state.items()}
+
+    before = frozen_state()
+    trained = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    stats = train_stage(model, template, ROWS, cfg, seed=3, bf16=True)
+    assert stats["bf16"] is True and stats["steps"] == 2 and stats["final_loss"] == stats["final_loss"]
+    after = frozen_state()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert any(not torch.equal(v, dict(model.named_parameters())[k]) for k, v in trained.items())

@@ -158,10 +158,14 @@ def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainCon
             is_step = (micro_step + 1) % cfg.grad_accum == 0 or batch_index == len(batches) - 1
             inputs = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in batch], pad_id).items()}
             sync = nullcontext() if is_step else accelerator.no_sync(model)
-            with sync, autocast:
-                loss = causal_lm_loss(model, inputs, sparse_logits)
-                extra = penalty() if penalty is not None else None
-                # each micro-batch carries 1/grad_accum of the penalty: once per step in total
+            with sync:
+                with autocast:
+                    loss = causal_lm_loss(model, inputs, sparse_logits)
+                    extra = penalty() if penalty is not None else None
+                # Backward outside autocast (PyTorch's advice: each op's backward runs in its forward
+                # dtype anyway); inside it, gradient hooks compute in bf16 and PEFT's OSF projection
+                # hook fails ("hook has changed the type of value"). Each micro-batch carries
+                # 1/grad_accum of the penalty: once per step in total.
                 accelerator.backward((loss if extra is None else loss + extra) / cfg.grad_accum)
             tokens += int(inputs["attention_mask"].sum())
             micro_step += 1
