@@ -7,12 +7,28 @@ from a config (random weights are fine for plumbing; quality claims use SmolLM2-
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 
-SHARED_SUPERNI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "superni"
+
+
+def shared_superni() -> Path:
+    """The shared SuperNI split: `$SSR_SHARED_DATA` (the folder holding `superni/`, or that folder
+    itself) when set, else `../shared/data/superni` beside the repository (where CI and this
+    project's machines keep it)."""
+    env = os.environ.get("SSR_SHARED_DATA")
+    if env:
+        root = Path(env).expanduser()
+        return root if (root / "sa.train.jsonl").exists() else root / "superni"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "superni"
+
+
+SHARED_SUPERNI = shared_superni()
+SHARED_SKIP_REASON = (f"shared SuperNI data not found at {SHARED_SUPERNI}: set SSR_SHARED_DATA to the folder holding "
+                      "superni/ (e.g. shared/data) or keep it at ../shared/data/superni beside the repository")
 
 WORDS = "apple river stone cloud green quick seven table music light paper bread ocean silver window garden".split()
 
