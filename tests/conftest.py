@@ -149,3 +149,21 @@ def stopping_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     model.save_pretrained(d)
     tokenizer.save_pretrained(d)
     return d
+
+
+SSR_OPTS = dict(per_task=3, n_clusters=2, max_prompts=5, samples_per_prompt=2, synth_max_new_tokens=12, batch_size=8)
+"""SSR settings for the tiny runs: 5 ICL prompts x 2 samples of at most 12 new tokens, 3 rehearsed per task."""
+
+
+@pytest.fixture(scope="session")
+def ssr_run(task_dir, tiny_model_dir, stopping_model_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """One finished SSR run over the three toy tasks, shared by every test that reads its files:
+    base model the random tiny one, ICL model the EOS-rewired one (the random model almost never
+    stops, and the cut last chunk of a generation is never kept, so it would leave nothing)."""
+    from ssr.config import load_config
+    from ssr.runner import run
+
+    out = tmp_path_factory.mktemp("ssr-run") / "run"
+    raw = tiny_config(task_dir, tiny_model_dir, "ssr", **SSR_OPTS, icl_model=str(stopping_model_dir))
+    run(load_config(None, raw=raw), out)
+    return out, raw
