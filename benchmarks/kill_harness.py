@@ -74,7 +74,12 @@ def start_run(config: Path, out: Path) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> None:
-    _, err = proc.communicate(timeout=timeout)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # not left running after its test gave up (seen on a loaded machine)
+        proc.wait()
+        raise
     if proc.returncode != 0:
         raise RuntimeError(f"ssr run failed ({proc.returncode}): {err.decode()[-2000:]}")
 

@@ -7,12 +7,28 @@ from a config (random weights are fine for plumbing; quality claims use SmolLM2-
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 
-SHARED_SUPERNI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "superni"
+
+
+def shared_superni() -> Path:
+    """The shared SuperNI split: `$SSR_SHARED_DATA` (the folder holding `superni/`, or that folder
+    itself) when set, else `../shared/data/superni` beside the repository (where CI and this
+    project's machines keep it)."""
+    env = os.environ.get("SSR_SHARED_DATA")
+    if env:
+        root = Path(env).expanduser()
+        return root if (root / "sa.train.jsonl").exists() else root / "superni"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "superni"
+
+
+SHARED_SUPERNI = shared_superni()
+SHARED_SKIP_REASON = (f"shared SuperNI data not found at {SHARED_SUPERNI}: set SSR_SHARED_DATA to the folder holding "
+                      "superni/ (e.g. shared/data) or keep it at ../shared/data/superni beside the repository")
 
 WORDS = "apple river stone cloud green quick seven table music light paper bread ocean silver window garden".split()
 
@@ -136,3 +152,21 @@ def stopping_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     model.save_pretrained(d)
     tokenizer.save_pretrained(d)
     return d
+
+
+SSR_OPTS = dict(per_task=3, n_clusters=2, max_prompts=5, samples_per_prompt=2, synth_max_new_tokens=12, batch_size=8)
+"""SSR settings for the tiny runs: 5 ICL prompts x 2 samples of at most 12 new tokens, 3 rehearsed per task."""
+
+
+@pytest.fixture(scope="session")
+def ssr_run(task_dir, tiny_model_dir, stopping_model_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """One finished SSR run over the three toy tasks, shared by every test that reads its files:
+    base model the random tiny one, ICL model the EOS-rewired one (the random model almost never
+    stops, and the cut last chunk of a generation is never kept, so it would leave nothing)."""
+    from ssr.config import load_config
+    from ssr.runner import run
+
+    out = tmp_path_factory.mktemp("ssr-run") / "run"
+    raw = tiny_config(task_dir, tiny_model_dir, "ssr", **SSR_OPTS, icl_model=str(stopping_model_dir))
+    run(load_config(None, raw=raw), out)
+    return out, raw

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_SUPERNI, make_task_rows, write_jsonl
+from conftest import SHARED_SKIP_REASON, SHARED_SUPERNI, make_task_rows, write_jsonl
 from ssr.cli import main
 from ssr.config import DataConfig, TaskConfig
 from ssr.data import load_instances, load_task
@@ -129,7 +129,7 @@ def test_cli_bad_row_exits_2_with_location(tmp_path, capsys):
     assert "t.jsonl:1: field 'full_prompt': missing" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not SHARED_SUPERNI.is_dir(), reason="shared SuperNI data (../shared/data/superni) is absent in this checkout")
+@pytest.mark.skipif(not SHARED_SUPERNI.is_dir(), reason=SHARED_SKIP_REASON)
 def test_shared_superni_split_loads():
     task = load_task(
         TaskConfig(name="sa", train=str(SHARED_SUPERNI / "sa.train.jsonl"), eval=str(SHARED_SUPERNI / "sa.eval.jsonl"),
@@ -141,7 +141,7 @@ def test_shared_superni_split_loads():
     assert {d.output for d in task.demos} == {"positive", "negative"}
 
 
-@pytest.mark.skipif(not SHARED_SUPERNI.is_dir(), reason="shared SuperNI data (../shared/data/superni) is absent in this checkout")
+@pytest.mark.skipif(not SHARED_SUPERNI.is_dir(), reason=SHARED_SKIP_REASON)
 def test_shared_sa_subsets_hold_both_labels():
     task = load_task(
         TaskConfig(name="sa", train=str(SHARED_SUPERNI / "sa.train.smp01.jsonl"), eval=str(SHARED_SUPERNI / "sa.eval.jsonl")),

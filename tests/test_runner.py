@@ -124,11 +124,41 @@ def test_a_changed_config_is_refused(task_dir, tiny_model_dir, tmp_path):
     run(load_config(None, raw=cfg), out)
 
 
+def _greedy_raw(model, tokenizer, definition: str, inputs: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers through the `raw` template written out by hand, one prompt at a time."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for x in inputs:
+            ids = tokenizer(f"{definition}\n\nInput: {x}\nOutput:", add_special_tokens=True, return_tensors="pt")["input_ids"]
+            new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
+            out.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+    return out
+
+
 def test_new_adapter_per_stage(task_dir, tiny_model_dir, tmp_path):
+    """`train.adapter: new`: stage 2's model is the base with stage 1's adapter merged into its
+    weights, plus stage 2's own adapter (built here with PEFT directly)."""
+    from ssr.models import load_tokenizer
+
     cfg = tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper"))
     cfg["train"]["adapter"] = "new"
-    results = run(load_config(None, raw=cfg), tmp_path / "run")
+    out = tmp_path / "run"
+    results = run(load_config(None, raw=cfg), out)
     assert len(results["scores"]) == 3 and results["BWT"] is not None
+    tok = load_tokenizer(str(tiny_model_dir))
+    rows = read_jsonl(out / "stages" / "2-upper" / "predictions" / "upper.jsonl")
+    definition = "Write the input in upper case."
+    adapters = [str(out / "stages" / s / "adapter") for s in ("1-reverse", "2-upper")]
+    merged = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), adapters[0]).merge_and_unload()
+    chained = PeftModel.from_pretrained(merged, adapters[1]).eval()
+    alone = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), adapters[1]).eval()
+    inputs = [r["input"] for r in rows]
+    expected = _greedy_raw(chained, tok, definition, inputs, 6)
+    assert expected != _greedy_raw(alone, tok, definition, inputs, 6)  # without the merge it would show
+    assert [r["prediction"] for r in rows] == expected
 
 
 def test_stage_1_is_the_same_computation_for_continual_methods(task_dir, tiny_model_dir, tmp_path, monkeypatch):

@@ -101,3 +101,42 @@ def test_embedding_pooling_mean_cls_and_pooler(tmp_path):
         want = torch.nn.functional.normalize(vectors, dim=-1).numpy()
         assert np.allclose(got[pooling], want, atol=1e-5), pooling
     assert not np.allclose(got["cls"], got["pooler"], atol=1e-3)
+
+
+def _minilm(texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2 from its package, called directly (normalised sentence embeddings)."""
+    from sentence_transformers import SentenceTransformer
+
+    from ssr.selection import encoder_path
+
+    return SentenceTransformer(encoder_path("all-MiniLM-L6-v2"), device="cpu").encode(texts, normalize_embeddings=True)
+
+
+def test_supervised_kmeans_in_the_pipeline_fits_on_the_demonstrations():
+    """`method.kmeans_fit: demos`: the centroids come from the real demonstrations and the kept
+    synthetic inputs are assigned to them (sklearn's KMeans run here on MiniLM embeddings);
+    without it the centroids come from the synthetic inputs themselves."""
+    from sklearn.cluster import KMeans
+
+    from ssr.config import MethodConfig
+    from ssr.data.task import Instance
+    from ssr.synthesis.pipeline import select_candidates
+
+    demos = [Instance(f"d{i}", text, "x", "Classify.") for i, text in enumerate(
+        ["I love eating fresh apples", "Bananas and pears are sweet fruit",
+         "The stock market fell sharply today", "Shares dropped on Wall Street"])]
+    inputs = ["The striker scored a late goal", "The football match ended in a draw", "Boil the pasta for ten minutes",
+              "Add tomato sauce to the spaghetti", "The bank raised interest rates", "Investors sold their bonds"]
+    labels = {}
+    for fit in ("demos", "synthetic"):
+        candidates = [{"input": x, "verdict": "kept"} for x in inputs] + [{"input": "dropped", "verdict": "duplicate"}]
+        cfg = MethodConfig(name="ssr", kmeans_fit=fit, n_clusters=2, per_task=3)
+        assert select_candidates(candidates, demos, 30, cfg, seed=4) == 3
+        labels[fit] = [c["cluster"] for c in candidates[:-1]]
+        assert candidates[-1]["cluster"] is None and not candidates[-1]["selected"]
+    emb, demo_emb = _minilm(inputs), _minilm([d.input for d in demos])
+    supervised = KMeans(n_clusters=2, random_state=4, n_init=10).fit(demo_emb).predict(emb).tolist()
+    plain = KMeans(n_clusters=2, random_state=4, n_init=10).fit(emb).labels_.tolist()
+    same_partition = lambda a, b: len({(x, y) for x, y in zip(a, b)}) == len(set(a))  # noqa: E731
+    assert not same_partition(supervised, plain)  # the data tells the two fits apart
+    assert labels == {"demos": supervised, "synthetic": plain}

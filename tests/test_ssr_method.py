@@ -3,18 +3,11 @@
 import json
 from collections import Counter
 
-from conftest import tiny_config
+from conftest import SSR_OPTS, tiny_config
 from ssr.cli import main
-from ssr.config import load_config
 from ssr.io import read_jsonl
-from ssr.models import get_template, load_base_model, load_tokenizer
-from ssr.models.lora import load_adapter
-from ssr.runner import run
-from ssr.generation import HFGenerator
-from ssr.synthesis.pipeline import refine
 
 TASKS = ["reverse", "upper", "count"]
-SSR_OPTS = dict(per_task=3, n_clusters=2, max_prompts=5, samples_per_prompt=2, synth_max_new_tokens=12, batch_size=8)
 
 
 def ssr_opts(stopping_model_dir) -> dict:
@@ -24,10 +17,9 @@ def ssr_opts(stopping_model_dir) -> dict:
     return {**SSR_OPTS, "icl_model": str(stopping_model_dir)}
 
 
-def test_ssr_end_to_end(task_dir, tiny_model_dir, stopping_model_dir, tmp_path):
-    out = tmp_path / "run"
-    cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "ssr", **ssr_opts(stopping_model_dir)))
-    results = run(cfg, out)
+def test_ssr_end_to_end(ssr_run, task_dir):
+    out, _ = ssr_run
+    results = json.loads((out / "results.json").read_text())
     assert len(results["scores"]) == 4 and results["BWT"] is not None
 
     # task 1 (and 2) are rehearsed in every later stage, from synthetic data only
@@ -39,8 +31,6 @@ def test_ssr_end_to_end(task_dir, tiny_model_dir, stopping_model_dir, tmp_path):
         assert "replay" not in {r["source"] for r in rows}
     assert not (out / "synthetic" / "count.jsonl").exists()  # nothing after the last stage
 
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    template = get_template("raw", tokenizer)
     for i, t in enumerate(TASKS[:2], 1):
         demos = {json.loads(line)["input"] for line in (task_dir / f"{t}.demos.jsonl").read_text().splitlines()}
         rehearsed = read_jsonl(out / "synthetic" / f"{t}.jsonl")
@@ -57,12 +47,7 @@ def test_ssr_end_to_end(task_dir, tiny_model_dir, stopping_model_dir, tmp_path):
         assert {r["candidate_id"] for r in rehearsed} <= {c["candidate_id"] for c in selected}
         for c in candidates:  # every parsed input is cut from its own continuation
             assert c["input"] is None or c["input"] in c["continuation"]
-        # rehearsed outputs are the latest model's greedy outputs (refined), not the base ones
-        latest = load_adapter(load_base_model(str(tiny_model_dir)), out / "stages" / f"{i}-{t}" / "adapter", trainable=False)
-        chosen = sorted(selected, key=lambda c: c["selection_rank"])
-        expected = refine(chosen, rehearsed[0]["definition"], HFGenerator(latest, tokenizer, 8), template, 64, 6)
-        assert [r["output"] for r in rehearsed] == [o for o in expected if o]
-        assert all(r["refined"] for r in rehearsed)
+        # (that the rehearsed outputs are the latest model's greedy answers: test_ssr_promises)
 
 
 def test_ssr_synth_command_on_its_own(task_dir, tiny_model_dir, stopping_model_dir, tmp_path, capsys):

@@ -46,7 +46,11 @@ def test_sweep_runs_every_combination_once_and_summarises(task_dir, tiny_model_d
     before = (sequential / "timings.jsonl").read_text()
     assert main(args) == 0  # everything cached: nothing recomputed
     assert (sequential / "timings.jsonl").read_text() == before
-    assert summarize(out) == list(summary.values())
+    # the summary is the mean and sample std of the runs' own figures: for two runs, (a + b) / 2 and |a - b| / sqrt(2)
+    ar = [json.loads((out / "order-{}".format(k) / "seed-3" / "sequential" / "results.json").read_text())["AR"] for k in (1, 2)]
+    assert summary["sequential"]["AR"] == pytest.approx(sum(ar) / 2)
+    assert summary["sequential"]["AR_std"] == pytest.approx(abs(ar[0] - ar[1]) / 2 ** 0.5)
+    assert summarize(out) == list(summary.values())  # and summary.json is what summarize() gives for the cached runs
 
 
 def test_sweep_rejects_unknown_variants_and_orders(task_dir, tiny_model_dir, tmp_path):

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from ssr.config import MethodConfig
 from ssr.data.task import Instance, Task
 from ssr.synthesis import build_icl_prompts, parse_continuation
+from ssr.synthesis.parser import ParsedInstance
 from ssr.synthesis.pipeline import filter_candidates
 
 DEMOS = [Instance(f"d{i}", f"input {i}", f"output {i}", "Do it.") for i in range(4)]
@@ -42,7 +43,7 @@ def test_parser_splits_several_instances():
     assert [p.verdict for p in parse_continuation(text, complete=False)] == [None, "multiple_outputs", "truncated"]
     assert [p.verdict for p in parse_continuation(text + "\n\nInput:", complete=False)] == [None, "multiple_outputs", None]
     assert parse_continuation("   ") == [] and parse_continuation("Input:Input:") == []
-    assert parse_continuation("x\nOutput:") == [parse_continuation("x\nOutput:")[0]] and parse_continuation("x\nOutput:")[0].output == ""
+    assert parse_continuation("x\nOutput:") == [ParsedInstance("x", "", None)]  # an empty output, not a missing one
 
 
 ALPHABET = string.ascii_letters + " \n:"
@@ -77,6 +78,25 @@ def test_filter_verdicts():
     cands = [{"input": "only input", "base_output": None, "verdict": None}]
     filter_candidates(cands, task, DEMOS, _CharTokenizer(), MethodConfig(name="ssr", refine=False))
     assert cands[0]["verdict"] == "no_output"  # without refinement an input-only candidate has nothing to teach
+
+
+def test_filter_verdicts_at_their_bounds():
+    """Each length filter keeps a candidate exactly at its bound and drops one token past it
+    (word tokens; the definition "Do it." is 2); a verdict the parser gave is final."""
+    task = Task("t", "Do it.", train=[], demos=DEMOS)
+    rows = [("a b c", "y", None), ("a b c d", "y", None), ("a b c d e", "y", None), ("p q", "y z", None),
+            ("r s", "y z w", None), ("t u", None, None), ("t v", "", None), ("a b c", "q", None), ("input 1", "y", None),
+            ("cut off", "y", "truncated"), ("x", "y", "multiple_outputs")]
+    expected = ["kept", "definition_input_too_long", "input_too_long", "kept", "output_too_long", "no_output", "no_output",
+                "duplicate", "copies_demo", "truncated", "multiple_outputs"]
+    cfg = dict(name="ssr", max_input_tokens=4, max_definition_input_tokens=5, max_output_tokens=2)
+    cands = [{"input": x, "base_output": y, "verdict": v} for x, y, v in rows]
+    filter_candidates(cands, task, DEMOS, _CharTokenizer(), MethodConfig(**cfg, keep_input_only=False))
+    assert [c["verdict"] for c in cands] == expected
+    # with keep_input_only (and refinement) the input-only ones are kept: the latest model writes their outputs
+    cands = [{"input": x, "base_output": y, "verdict": v} for x, y, v in rows]
+    filter_candidates(cands, task, DEMOS, _CharTokenizer(), MethodConfig(**cfg))
+    assert [c["verdict"] for c in cands][5:7] == ["kept", "kept"]
 
 
 def _synthesize(model_dir, tokenizer_dir, context_length=512, eos_logit=None, **opts):

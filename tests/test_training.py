@@ -126,3 +126,42 @@ def test_osf_trains_under_bf16_autocast(tiny_model_dir):
     after = frozen_state()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert any(not torch.equal(v, dict(model.named_parameters())[k]) for k, v in trained.items())
+
+
+def _sorted_chunks(lengths: list[int], size: int) -> list[tuple[int, ...]]:
+    """Consecutive chunks of the sorted lengths: what length grouping must batch together
+    (while every row fits one mega-batch of 16 batches)."""
+    ordered = sorted(lengths)
+    return sorted(tuple(ordered[i : i + size]) for i in range(0, len(ordered), size))
+
+
+def test_length_grouped_batches_are_runs_of_similar_lengths_in_seeded_order():
+    lengths = [(7 * i) % 23 + 1 for i in range(23)]  # 23 distinct lengths in scrambled order
+    batches = length_grouped_batches(lengths, 4, seed=5)
+    assert sorted(tuple(sorted(lengths[i] for i in b)) for b in batches) == _sorted_chunks(lengths, 4)
+    assert length_grouped_batches(lengths, 4, seed=5) == batches  # seeded
+    orders = {tuple(map(tuple, length_grouped_batches(lengths, 4, seed=s))) for s in range(4)}
+    assert len(orders) > 1  # the batches are shuffled, not served shortest first
+    # beyond one mega-batch (16 batches), rows are grouped within each shuffled mega-batch only
+    big = list(range(1, 200))
+    assert sorted(i for b in length_grouped_batches(big, 2, seed=1) for i in b) == list(range(199))
+
+
+def test_train_stage_batches_by_length_only_when_asked(tiny_model_dir, monkeypatch):
+    """The batches a stage trains on (seen by wrapping the real collate): grouped by length with
+    `group_by_length`, plain shuffled batches without."""
+    import ssr.training
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    template = get_template("raw", tok)
+    rows = [{"definition": "Repeat.", "input": " ".join(["apple"] * k), "output": "ok"} for k in (9, 1, 6, 3, 12, 2, 8, 4)]
+    lengths = [len(ids) for ids, _ in tokenize_rows(rows, template, 64, 16)]
+    seen: list[tuple[int, ...]] = []
+    real_collate = ssr.training.collate
+    monkeypatch.setattr(ssr.training, "collate", lambda ex, pad: (seen.append(tuple(sorted(len(x) for x, _ in ex))), real_collate(ex, pad))[1])
+    for grouped in (True, False):
+        seen.clear()
+        cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=2, grad_accum=1, max_source_length=64, max_target_length=16,
+                          group_by_length=grouped)
+        train_stage(_model(tiny_model_dir), template, rows, cfg, seed=3)
+        assert (sorted(seen) == _sorted_chunks(lengths, 2)) is grouped

@@ -1,0 +1,114 @@
+"""A reused run directory refuses any config that would change results, and only those.
+
+The README: "A *different* config in an existing directory is refused with the list of changed
+keys (`eval.batch_size` and `method.batch_size` only change speed and may differ)". Each key
+below changes what a run computes (the tasks, the data, the model, training, evaluation,
+synthesis); no model is loaded: the directory's claim is the check.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from conftest import tiny_config
+from ssr.config import load_config
+from ssr.errors import RunDirError
+from ssr.runner import RunDir
+
+# (key path in the raw config, new value); every one changes the computation.
+RESULT_KEYS = [
+    (("seed",), 8),
+    (("model", "name"), "/elsewhere/other-model"),
+    (("model", "template"), "vanilla"),
+    (("model", "dtype"), "bfloat16"),
+    (("generation", "backend"), "vllm"),
+    (("data", "max_train_examples"), 5),
+    (("data", "skip_bad_rows"), True),
+    (("tasks", 0, "name"), "renamed"),
+    (("tasks", 0, "train"), "upper.eval.jsonl"),
+    (("tasks", 0, "eval"), "upper.train.jsonl"),
+    (("tasks", 0, "demos"), "upper.train.jsonl"),
+    (("tasks", 0, "max_new_tokens"), 3),
+    (("tasks", 0, "definition"), "Say it louder."),
+    (("tasks", 0, "language"), "es"),
+    (("train", "epochs"), 2),
+    (("train", "lr"), 0.5),
+    (("train", "batch_size"), 2),
+    (("train", "grad_accum"), 1),
+    (("train", "max_source_length"), 32),
+    (("train", "adapter"), "new"),
+    (("train", "group_by_length"), False),
+    (("train", "lora", "r"), 4),
+    (("train", "lora", "targets"), ["q_proj"]),
+    (("eval", "max_examples"), 2),
+    (("eval", "max_new_tokens"), 9),
+    (("eval", "scorer"), "release"),
+    (("eval", "schedule"), "metrics"),
+    (("method", "n_clusters"), 3),
+    (("method", "temperature"), 0.5),
+    (("method", "top_p"), 0.9),
+    (("method", "repetition_penalty"), 1.0),
+    (("method", "samples_per_prompt"), 1),
+    (("method", "kmeans_fit"), "demos"),
+    (("method", "icl_model"), "/elsewhere/icl"),
+    (("method", "refine"), False),
+]
+RUNTIME_KEYS = [
+    (("eval", "batch_size"), 1),
+    (("method", "batch_size"), 3),
+    (("generation", "kv_cache_gb"), 1.0),
+    (("generation", "gpu_memory_utilization"), 0.9),
+]
+
+
+def _set(raw: dict, path: tuple, value) -> dict:
+    raw = copy.deepcopy(raw)
+    node = raw
+    for key in path[:-1]:
+        node = node.setdefault(key, {}) if isinstance(key, str) else node[key]
+    node[path[-1]] = value
+    return raw
+
+
+@pytest.fixture()
+def claimed(task_dir, tmp_path):
+    """A run directory claimed by an SSR config, with one finished step (a prediction file)."""
+    raw = tiny_config(task_dir, tmp_path / "model", "ssr", tasks=("upper", "count"))
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.claim(load_config(None, raw=raw))
+    done = tmp_path / "run" / "stages" / "0-base" / "predictions" / "upper.jsonl"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}\n")
+    return raw, run_dir
+
+
+@pytest.mark.parametrize("path, value", RESULT_KEYS, ids=[".".join(map(str, p)) for p, _ in RESULT_KEYS])
+def test_every_key_that_changes_results_is_refused(claimed, path, value):
+    raw, run_dir = claimed
+    dotted = ".".join(map(str, path))
+    with pytest.raises(RunDirError, match=rf"Differences \(saved -> now\): .*{dotted.replace('.', '[.]')}\b"):
+        run_dir.claim(load_config(None, raw=_set(raw, path, value)))
+
+
+def test_task_order_is_refused(claimed):
+    raw, run_dir = claimed
+    swapped = {**raw, "tasks": raw["tasks"][::-1]}
+    with pytest.raises(RunDirError, match=r"tasks\.0\.name: 'upper' -> 'count'"):
+        run_dir.claim(load_config(None, raw=swapped))
+
+
+@pytest.mark.parametrize("path, value", RUNTIME_KEYS, ids=[".".join(map(str, p)) for p, _ in RUNTIME_KEYS])
+def test_runtime_only_keys_may_change(claimed, path, value):
+    raw, run_dir = claimed
+    run_dir.claim(load_config(None, raw=_set(raw, path, value)))  # no error
+
+
+def test_a_directory_without_a_finished_step_takes_a_corrected_config(task_dir, tmp_path):
+    raw = tiny_config(task_dir, tmp_path / "model", tasks=("upper",))
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.claim(load_config(None, raw=raw))
+    corrected = _set(raw, ("train", "lr"), 0.5)
+    run_dir.claim(load_config(None, raw=corrected))  # nothing finished: the config is replaced
+    assert "lr: 0.5" in (tmp_path / "run" / "config.yaml").read_text()
