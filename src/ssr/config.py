@@ -389,7 +389,7 @@ class RunConfig(_Strict):
         trained = [t for t in self.tasks if not t.learnt]
         ranks = self.method.osf_effective_rank
         if ranks is not None and len(ranks) != len(trained):
-            raise ValueError(f"method.osf_effective_rank: one value per trained task ({len(trained)}), got {len(ranks)}")
+            raise ValueError(f"method.osf_effective_rank: one value per task ({len(trained)}), got {len(ranks)} (learnt tasks have no stage)")
         if not trained:
             raise ValueError("every task is `learnt`: at least one task must be trained")
         flags = [t.learnt for t in self.tasks]
