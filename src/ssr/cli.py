@@ -162,6 +162,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(to_yaml(cfg), end="")
     print(f"# ok: {len(cfg.tasks)} tasks, data and plan valid; `ssr run` would do:")
     print(f"#   evaluate the base model on {', '.join(t.name for t in method.tasks)}")
+    stage0 = method.learnt_stage()
+    if stage0 is not None:
+        kept = "synthesise and keep" if method.name == "ssr" else "keep" if method.name == "replay" else "rehearse nothing of"
+        print(f"#   stage 0 (learnt, not trained): {', '.join(stage0.tasks)}; {kept} them for later stages")
     approx = " (at most)" if method.name == "ssr" else ""
     for stage in method.plan():
         rows = method.planned_rows(stage)

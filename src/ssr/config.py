@@ -64,6 +64,13 @@ class TaskConfig(_Strict):
     language: str | None = Field(default=None, min_length=1)
     """Language of the references (`en`, `es`, ...); default: detected from them. Picks the
     `superni` scorer's tokenizer."""
+    open_domain: bool = False
+    """Every instance carries its own instruction (Alpaca's `instruction` / `input` / `output`,
+    input possibly empty), instead of one definition for the task; synthesis then writes whole
+    instructions (README, "General abilities"). The built-in `general` set is open-domain."""
+    learnt: bool = False
+    """Already learnt by the base model ("stage 0", e.g. a chat model's lost SFT data): never
+    trained, but evaluated, and rehearsed by replay / SSR from stage 1 on. Listed first."""
 
     @field_validator("name")
     @classmethod
@@ -85,6 +92,10 @@ class TaskConfig(_Strict):
                 raise ValueError(f"no built-in task {self.name!r}; built-in tasks: {builtin_task_names()}")
             if self.train or self.eval or self.demos:
                 raise ValueError("a built-in task takes no train/eval/demos files")
+        if self.open_domain and self.format in ("superni", "natural-instructions"):
+            raise ValueError(f"an open-domain task reads plain JSONL rows with their own `instruction`, not {self.format}")
+        if self.open_domain and self.definition is not None:
+            raise ValueError("an open-domain task has one instruction per row; `definition` does not apply")
         return self
 
 
@@ -95,6 +106,45 @@ class DataConfig(_Strict):
     """Keep N training rows per task: a seeded sample, stratified by class for classification tasks."""
     skip_bad_rows: bool = False
     """Skip malformed rows (and report how many) instead of failing on the first one."""
+
+
+class LmEvalConfig(_Strict):
+    """lm-evaluation-harness on a stage's model (base weights + the stage's adapter)."""
+
+    tasks: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    """Task or group names lm-eval knows (`mmlu`, `arc_easy`, ...) or task YAML files."""
+    include_path: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """Folders of local task YAMLs (relative to `data.dir`); with them, lm-eval's own task
+    catalogue is indexed only when a task is not found there."""
+    num_fewshot: int | None = Field(default=None, ge=0)
+    """Few-shot examples (the paper's MMLU: 5); None = each task's own default."""
+    limit: int | None = Field(default=None, ge=1)
+    """At most this many documents per task (the first N of each split: lm-eval's rule)."""
+    batch_size: int = Field(default=8, ge=1)
+    apply_chat_template: bool = False
+    """Format requests with the tokenizer's chat template (lm-eval's option)."""
+
+
+class GeneralEvalConfig(_Strict):
+    """What general abilities are measured, and after which stages (README, "General abilities")."""
+
+    stages: Literal["all", "last"] | list[Annotated[int, Field(ge=0)]] = "all"
+    """After which stages (0 = the base model, always measured): `all`, `last`, or numbers."""
+    lm_eval: LmEvalConfig | None = None
+    instructions: str | None = Field(default=None, min_length=1)
+    """A configured task (usually the `learnt` general set) whose held-out eval split gives the
+    instruction-following score: ROUGE-L against its reference answers, no judge needed."""
+    judge: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
+    """`module:function`, called with the instruction-following rows (instruction, input,
+    reference, prediction); returns one score per row (e.g. an LLM judge's win or grade)."""
+
+    @model_validator(mode="after")
+    def _something(self) -> GeneralEvalConfig:
+        if self.lm_eval is None and self.instructions is None:
+            raise ValueError("give lm_eval, instructions, or both")
+        if self.judge is not None and self.instructions is None:
+            raise ValueError("judge scores the instruction-following rows: it needs `instructions`")
+        return self
 
 
 class EvalConfig(_Strict):
@@ -109,6 +159,9 @@ class EvalConfig(_Strict):
     schedule: Literal["all", "metrics"] = "all"
     """`all`: every task after every stage (the full matrix, as in the paper). `metrics`: only
     the cells AR, FWT and BWT use (task i after stages i-1 and i, every task after the last)."""
+    general: GeneralEvalConfig | None = None
+    """General-ability evaluation (lm-evaluation-harness and a judge-free instruction-following
+    score) before training and after chosen stages; off by default."""
 
 
 class LoraSettings(_Strict):
@@ -201,6 +254,10 @@ class MethodConfig(_Strict):
     per_task: int | None = Field(default=None, ge=1)
     """Rehearsal size as a fixed count per task (instead of `ratio`)."""
     n_clusters: int = Field(default=20, ge=1)
+    cluster_quota: Literal["proportional", "one"] = "proportional"
+    """K-means rule: `proportional` (each of `n_clusters` clusters gets a quota by its size, the
+    paper's SuperNI rule) or `one` (as many clusters as instances kept, the one nearest each
+    centroid: the paper's open-domain rule, C = 520 for 1 % of Alpaca-52k)."""
     embedding_model: str = Field(default="all-MiniLM-L6-v2", min_length=1)
     """sentence-transformers model: the packaged all-MiniLM-L6-v2, any model id or a path."""
     embedding_pooling: Literal["mean", "cls", "pooler"] = "mean"
@@ -330,14 +387,25 @@ class RunConfig(_Strict):
             raise ValueError(f"method.demos_override names tasks not in the config: {unknown} (tasks: {names})")
         if self.method.regularizer_or_default != "none" and self.train.adapter == "new":
             raise ValueError("a regulariser anchors the adapter to its previous values: it needs train.adapter: continue")
+        trained = [t for t in self.tasks if not t.learnt]
         ranks = self.method.osf_effective_rank
-        if ranks is not None and len(ranks) != len(self.tasks):
-            raise ValueError(f"method.osf_effective_rank: one value per task ({len(self.tasks)}), got {len(ranks)}")
+        if ranks is not None and len(ranks) != len(trained):
+            raise ValueError(f"method.osf_effective_rank: one value per task ({len(trained)}), got {len(ranks)} (learnt tasks have no stage)")
+        if not trained:
+            raise ValueError("every task is `learnt`: at least one task must be trained")
+        flags = [t.learnt for t in self.tasks]
+        if flags != sorted(flags, reverse=True):
+            raise ValueError("`learnt` tasks are stage 0: list them before the tasks that are trained")
+        general = self.eval.general
+        if general is not None and general.instructions is not None and general.instructions not in names:
+            raise ValueError(f"eval.general.instructions names {general.instructions!r}, not a configured task (tasks: {names})")
+        if general is not None and isinstance(general.stages, list) and max(general.stages, default=0) > len(trained):
+            raise ValueError(f"eval.general.stages: there are {len(trained)} trained stages, got {max(general.stages)}")
         return self
 
 
 # Keys that change how fast a run goes, not what it computes: a rerun may change them.
-RUNTIME_KEYS = ("eval.batch_size", "method.batch_size", "generation.kv_cache_gb", "generation.gpu_memory_utilization")
+RUNTIME_KEYS = ("eval.batch_size", "method.batch_size", "eval.general.lm_eval.batch_size", "generation.kv_cache_gb", "generation.gpu_memory_utilization")
 
 
 # What runs saved before a key existed computed with, where that differs from the key's default.
@@ -582,6 +650,13 @@ def resolve_paths(cfg: RunConfig, base_dir: Path) -> RunConfig:
             value = getattr(task, split)
             if value is not None and not Path(value).expanduser().is_absolute():
                 setattr(task, split, str((data_dir / value).resolve()))
+    general = cfg.eval.general
+    if general is not None and general.lm_eval is not None:  # local task folders and YAML files
+        lm = general.lm_eval
+        lm.include_path = [str((data_dir / p).resolve()) if not Path(p).expanduser().is_absolute() else p
+                           for p in lm.include_path]
+        lm.tasks = [str((data_dir / t).resolve()) if t.endswith((".yaml", ".yml")) and not Path(t).is_absolute() else t
+                    for t in lm.tasks]
     if cfg.method.demos_override:
         cfg.method.demos_override = {
             k: str((data_dir / v).resolve()) if not Path(v).is_absolute() else v

@@ -137,12 +137,16 @@ def evaluate_task(generator: Generator, template: PromptTemplate, task: Task, ma
                    scorer=scorer, language=task.language)
 
 
-def continual_metrics(scores: list[list[float | None]]) -> dict[str, float | None]:
-    """AR, FWT and BWT of a (T+1) x T matrix whose row 0 is the base model (SSR spec).
+def continual_metrics(scores: list[list[float | None]], learnt: int = 0) -> dict[str, float | None]:
+    """AR, FWT and BWT of a (T+1) x (L+T) matrix whose row 0 is the base model (SSR spec).
 
-    AR  = mean_i a_i(T);  FWT = mean_{i=2..T} a_i(i-1);  BWT = mean_{i=1..T-1} a_i(T) - a_i(i).
+    AR  = mean_i a_i(T);  FWT = mean_{i=2..T} a_i(i-1);  BWT = mean_{i=1..T-1} a_i(T) - a_i(i),
+    over the T trained tasks. The first `learnt` columns are tasks learnt before stage 1 (stage
+    0): they are not part of these metrics (see `learnt_retention`), so AR / FWT / BWT stay
+    comparable with the same sequence run without them.
     FWT/BWT are None when T < 2 or a needed entry is missing.
     """
+    scores = [row[learnt:] for row in scores]
     T = len(scores[0])
     final = scores[T]
     ar = sum(final) / T if all(v is not None for v in final) else None
@@ -157,3 +161,14 @@ def continual_metrics(scores: list[list[float | None]]) -> dict[str, float | Non
         else None
     )
     return {"AR": ar, "FWT": fwt, "BWT": bwt}
+
+
+def learnt_retention(scores: list[list[float | None]], names: list[str], learnt: int) -> dict[str, dict[str, float | None]]:
+    """For each learnt task (the first `learnt` columns): its score before training (row 0),
+    after the last stage, and the change (negative = forgotten)."""
+    out = {}
+    for j, name in enumerate(names[:learnt]):
+        before, after = scores[0][j], scores[-1][j]
+        change = after - before if before is not None and after is not None else None
+        out[name] = {"before": before, "after": after, "change": change}
+    return out

@@ -44,11 +44,18 @@ def run_label(results: dict, cfg_text: str) -> str:
     return label
 
 
-def seen_average(scores: list[list[float | None]]) -> list[float | None]:
-    """After stage i (i >= 1): mean of a_j(i) over tasks j <= i; None where a score is missing."""
+def trained_tasks(results: dict) -> list[str]:
+    """The tasks of stages 1, 2, ... (results.json lists learnt tasks, stage 0, first)."""
+    learnt = results.get("learnt") or {}
+    return [t for t in results["tasks"] if t not in learnt]
+
+
+def seen_average(scores: list[list[float | None]], learnt: int = 0) -> list[float | None]:
+    """After stage i (i >= 1): mean of a_j(i) over tasks j <= i (and the `learnt` first
+    columns, known from the start); None where a score is missing."""
     out = []
     for i in range(1, len(scores)):
-        seen = scores[i][:i]
+        seen = scores[i][: learnt + i]
         out.append(sum(seen) / len(seen) if all(v is not None for v in seen) else None)
     return out
 
@@ -63,7 +70,7 @@ def heatmap(results: dict, label: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(tasks), 1.2 + 0.55 * len(scores)))
     im = ax.imshow(scores, vmin=0, vmax=100, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(tasks)), tasks)
-    ax.set_yticks(range(len(scores)), ["base"] + [f"after {i}: {t}" if results["method"] not in ("mtl",) else f"stage {i}" for i, t in enumerate(tasks, 1)])
+    ax.set_yticks(range(len(scores)), ["base"] + [f"after {i}: {t}" if results["method"] not in ("mtl",) else f"stage {i}" for i, t in enumerate(trained_tasks(results), 1)])
     for i in range(scores.shape[0]):
         for j in range(scores.shape[1]):
             if not math.isnan(scores[i, j]):
@@ -79,12 +86,12 @@ def seen_curve(runs: list[tuple[str, dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4))
     markers, styles = "osD^vP*X", ["-", "--", "-.", ":"]
     for k, (label, results) in enumerate(runs):
-        ys = seen_average(results["scores"])
+        ys = seen_average(results["scores"], len(results.get("learnt") or {}))
         # a small horizontal offset per run keeps lines that coincide (e.g. at 100) visible
         xs = [i + 0.04 * (k - (len(runs) - 1) / 2) for i, y in enumerate(ys, 1) if y is not None]
         ax.plot(xs, [y for y in ys if y is not None], marker=markers[k % len(markers)],
                 linestyle=styles[k % len(styles)], label=label)
-    tasks = runs[0][1]["tasks"]
+    tasks = trained_tasks(runs[0][1])
     ax.set_xticks(range(1, len(tasks) + 1), [f"{i}: {t}" for i, t in enumerate(tasks, 1)])
     ax.set_xlabel("after stage")
     ax.set_ylabel("mean ROUGE-L over tasks seen so far")
@@ -94,6 +101,32 @@ def seen_curve(runs: list[tuple[str, dict]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def general_section(runs: list[tuple[str, dict]]) -> list[str]:
+    """Markdown: each run's general-ability scores (eval.general) before training and after
+    each measured stage, and the learnt tasks' change; nothing when no run measured them."""
+    from ssr.general import summary
+
+    if not any(r.get("general") or r.get("learnt") for _, r in runs):
+        return []
+    lines = ["## General abilities", ""]
+    for label, r in runs:
+        general = r.get("general") or {}
+        columns = sorted({k for g in general.values() for k in summary(g)})
+        if columns:
+            lines += [f"{label}:", "", "| after stage | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+            for stage, g in general.items():
+                flat = summary(g)
+                lines.append(f"| {stage} | " + " | ".join(_fmt(flat.get(c), 2 if c == "instructions.rougeL" else 4) for c in columns) + " |")
+            lines.append("")
+        for task, v in (r.get("learnt") or {}).items():
+            lines.append(f"{label}: learnt task {task} (stage 0): ROUGE-L {_fmt(v['before'])} before training, "
+                         f"{_fmt(v['after'])} after the last stage ({_fmt(v['change'])}).")
+        lines.append("")
+    lines += ["`instructions.rougeL`: ROUGE-L × 100 of the answers to the held-out general instructions (no judge). "
+              "lm-eval metrics as lm-evaluation-harness reports them (accuracy as a fraction).", ""]
+    return lines
 
 
 def synthetic_examples(run_dir: Path, per_task: int = 3) -> list[tuple[str, dict]]:
@@ -123,6 +156,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "Continual in
     lines += ["", "AR: mean score after the last stage. FWT: mean zero-shot score on the next task. "
               "BWT: mean change of each earlier task from right after its own stage to the end (negative = forgetting).", ""]
 
+    lines += general_section(runs)
     seen_curve(runs, out_dir / "seen_average.png")
     lines += ["## Average over the tasks seen so far", "", "![average over seen tasks](seen_average.png)", ""]
     lines += ["## Score matrices", ""]

@@ -34,9 +34,10 @@ from ssr import config as config_mod
 from ssr.config import RunConfig
 from ssr.data import Task, load_task
 from ssr.errors import ConfigError, RunDirError
-from ssr.evaluation import evaluate_task, score_predictions
+from ssr.evaluation import evaluate_task, learnt_retention, score_predictions
 from ssr.engines import resolve_backend
 from ssr.engines.vllm import VLLMEngine, current_engine
+from ssr.general import evaluate_general, general_stages
 from ssr.generation import Generator, HFGenerator
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
@@ -452,6 +453,14 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
 
     all_names = [t.name for t in tasks]
     stage_scores = {0: evaluate_stage(ctx, BASE_STAGE, all_names)}
+    general = {}
+    measured = set(general_stages(cfg.eval.general, plan)) if cfg.eval.general is not None else set()
+    if cfg.eval.general is not None:
+        general[BASE_STAGE.name] = evaluate_general(ctx, BASE_STAGE, [])
+    stage0 = method.learnt_stage()  # learnt tasks: their rehearsal sets come from the base model
+    if stage0 is not None and method.pending_after(stage0, ctx):
+        with ctx.timed(f"after {stage0.name}"):
+            method.after_stage(stage0, ctx)
     stage_stats = {}
     for k, stage in enumerate(plan):
         sdir = ctx.stage_dir(stage)
@@ -477,6 +486,8 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
                 reg.after_stage(stage, ctx, model, ctx.models.adapter_parameters(), plan[k - 1] if k > 0 else None)
 
         stage_scores[stage.index] = evaluate_stage(ctx, stage, list(stage.evaluate))
+        if stage.name in measured:
+            general[stage.name] = evaluate_general(ctx, stage, plan[:k])
         if method.pending_after(stage, ctx):
             with ctx.timed(f"after {stage.name}"):
                 method.after_stage(stage, ctx)
@@ -490,6 +501,8 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
         "tasks": all_names,
         "scores": scores,
         **method.metrics(scores),
+        "learnt": learnt_retention(scores, all_names, len(method.learnt)),
+        "general": general,
         "exact_match": _exact_match_matrix(ctx, method, plan),
         "train_stats": stage_stats,
         "wall_seconds": wall_seconds(run_dir),
@@ -534,6 +547,8 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
         return False
     if any(not line.startswith("method.") for line in config_mod.diff(previous, config_mod.to_dict(resolve_settings(cfg)))):
         return False
+    if any(t.learnt for t in cfg.tasks):
+        return False  # replay / ssr rehearse the learnt tasks in stage 1: not sequential's stage 1
     first = f"1-{cfg.tasks[0].name}"
     if not (source / "stages" / first / "adapter").exists():
         return False

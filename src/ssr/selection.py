@@ -136,19 +136,23 @@ def random_select(n: int, k: int, seed: int) -> Selection:
     return Selection(sorted(rng.choice(n, size=min(k, n), replace=False).tolist()))
 
 
-def kmeans_select(embeddings: np.ndarray, k: int, n_clusters: int, seed: int, fit_on: np.ndarray | None = None) -> Selection:
-    """K-means selection. `fit_on` (e.g. real demonstrations) gives supervised centroids."""
+def kmeans_select(embeddings: np.ndarray, k: int, n_clusters: int, seed: int, fit_on: np.ndarray | None = None,
+                  one_per_cluster: bool = False) -> Selection:
+    """K-means selection. `fit_on` (e.g. real demonstrations) gives supervised centroids.
+    `one_per_cluster`: `k` clusters (`n_clusters` is ignored), the instance nearest each centroid
+    (the paper's open-domain rule); otherwise proportional quotas over `n_clusters`."""
     n = len(embeddings)
     if n == 0 or k == 0:
         return Selection([], [-1] * n)
     fit = embeddings if fit_on is None else fit_on
-    n_clusters = max(1, min(n_clusters, len(fit), n))
+    n_clusters = max(1, min(k if one_per_cluster else n_clusters, len(fit), n))
     km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=10).fit(fit)
     labels = km.predict(embeddings) if fit_on is not None else km.labels_
     distances = np.linalg.norm(embeddings - km.cluster_centers_[labels], axis=1)
     sizes = [int((labels == c).sum()) for c in range(n_clusters)]
     chosen: list[int] = []
-    for c, quota in enumerate(proportional_quotas(sizes, k)):
+    quotas = [min(1, s) for s in sizes] if one_per_cluster else proportional_quotas(sizes, k)
+    for c, quota in enumerate(quotas):
         members = np.flatnonzero(labels == c)
         nearest = members[np.lexsort((members, distances[members]))]  # by distance, then index
         chosen.extend(int(i) for i in nearest[:quota])
@@ -157,8 +161,9 @@ def kmeans_select(embeddings: np.ndarray, k: int, n_clusters: int, seed: int, fi
 
 def select(texts: list[str], k: int, strategy: str, seed: int, *, n_clusters: int = 20,
            embedding_model: str = "all-MiniLM-L6-v2", fit_texts: list[str] | None = None,
-           embedding_pooling: str = "mean") -> Selection:
-    """Choose `k` of `texts` by `random` or `kmeans` (optionally fit on `fit_texts`)."""
+           embedding_pooling: str = "mean", one_per_cluster: bool = False) -> Selection:
+    """Choose `k` of `texts` by `random` or `kmeans` (optionally fit on `fit_texts`; with
+    `one_per_cluster`, k clusters and the text nearest each centroid)."""
     if strategy == "random":
         return random_select(len(texts), k, seed)
     if strategy != "kmeans":
@@ -166,4 +171,4 @@ def select(texts: list[str], k: int, strategy: str, seed: int, *, n_clusters: in
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     emb = embed(texts, embedding_model, pooling=embedding_pooling) if texts else np.zeros((0, 1), dtype=np.float32)
     fit = embed(fit_texts, embedding_model, pooling=embedding_pooling) if fit_texts else None
-    return kmeans_select(emb, k, n_clusters, seed, fit)
+    return kmeans_select(emb, k, n_clusters, seed, fit, one_per_cluster)

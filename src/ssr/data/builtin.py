@@ -51,11 +51,16 @@ def _reviews(n: int, rng: random.Random) -> list[dict]:
 
 
 def builtin_task_names() -> list[str]:
-    return list(DEFINITIONS)
+    """The review tasks and the open-domain general instruction set (`ssr.data.general`)."""
+    return [*DEFINITIONS, "general"]
 
 
 def builtin_task(name: str) -> Task:
     """The built-in task `name` with its deterministic train / eval / demos splits."""
+    if name == "general":
+        from ssr.data.general import general_task
+
+        return general_task()
     if name not in DEFINITIONS:
         raise KeyError(f"unknown built-in task {name!r}; known: {builtin_task_names()}")
     # One review pool for all tasks (same seed): every task sees the same kind of input, and

@@ -234,6 +234,7 @@ def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None
         task.eval = subset(task.eval, max_eval, "eval")
         task.max_new_tokens = task_cfg.max_new_tokens or max_new_tokens
         task.language = task_cfg.language or detect_language(task.eval or task.train)
+        task.learnt = task_cfg.learnt
         return task
     policy = RowPolicy(skip_bad_rows=data_cfg.skip_bad_rows)
     fmt, given = task_cfg.format, task_cfg.definition
@@ -252,7 +253,11 @@ def load_task(task_cfg, data_cfg, n_demos: int = 20, max_eval: int | None = None
         log.warning("task %s: skipped %d malformed rows", task_cfg.name, policy.skipped)
     train = subset(train, data_cfg.max_train_examples, "train")
     evals = subset(evals, max_eval, "eval")
-    definition = _check_one_definition(task_cfg.train or task_cfg.eval, train or evals, given)
+    if task_cfg.open_domain:  # one instruction per row: the task's definition is only a label
+        from ssr.data.general import DEFINITION as definition
+    else:
+        definition = _check_one_definition(task_cfg.train or task_cfg.eval, train or evals, given)
     return Task(task_cfg.name, definition, train, evals, demos, skipped_rows=policy.skipped,
                 max_new_tokens=task_cfg.max_new_tokens or max_new_tokens,
-                language=task_cfg.language or detect_language(evals or train))
+                language=task_cfg.language or detect_language(evals or train),
+                open_domain=task_cfg.open_domain, learnt=task_cfg.learnt)

@@ -34,6 +34,10 @@ class Task:
     language: str = "en"
     """Language of the references (`tasks[].language`, else detected): `en` is scored with
     rouge-score's English tokenizer and stemmer, anything else with Unicode words."""
+    open_domain: bool = False
+    """Each instance carries its own instruction (`Instance.definition`); `definition` is a label."""
+    learnt: bool = False
+    """Learnt before stage 1 (stage 0): evaluated and rehearsed, never trained."""
 
 
 NON_ENGLISH_SHARE = 0.1

@@ -44,19 +44,32 @@ class Method:
         self.cfg = cfg
         self.tasks = tasks
         self.by_name = {t.name: t for t in tasks}
+        self.learnt = [t for t in tasks if t.learnt]
+        """Tasks the base model already knows (stage 0): evaluated, never trained."""
+        self.trained = [t for t in tasks if not t.learnt]
+        """The tasks of stages 1, 2, ...: one stage each for a sequence."""
         self.regularizer: Regularizer | None = regularizer_for(cfg, cfg.seed)
         """A loss term anchoring each stage to the previous one (L2 / EWC), or None."""
 
     def plan(self) -> list[Stage]:
         return [Stage(i, f"{i}-{t.name}", (t.name,), fresh=i == 1, evaluate=self.evaluated_after(i))
-                for i, t in enumerate(self.tasks, 1)]
+                for i, t in enumerate(self.trained, 1)]
+
+    def learnt_stage(self) -> Stage | None:
+        """Stage 0 when tasks are `learnt`: the base model itself, after which their rehearsal
+        sets are built (None without learnt tasks)."""
+        if not self.learnt:
+            return None
+        return Stage(0, "0-base", tuple(t.name for t in self.learnt), fresh=True,
+                     evaluate=tuple(t.name for t in self.tasks))
 
     def evaluated_after(self, stage_index: int) -> tuple[str, ...]:
         """Tasks scored after stage `stage_index` of a sequence: all of them, or with
-        `eval.schedule: metrics` only those AR / FWT / BWT read (a_i(i), a_{i+1}(i), a_j(T))."""
-        names = tuple(t.name for t in self.tasks)
+        `eval.schedule: metrics` only those AR / FWT / BWT read (a_i(i), a_{i+1}(i), a_j(T));
+        learnt tasks are scored before training and after the last stage."""
+        names = tuple(t.name for t in self.trained)
         if self.cfg.eval.schedule == "all" or stage_index == len(names):
-            return names
+            return tuple(t.name for t in self.tasks)
         return names[stage_index - 1 : stage_index + 1]
 
     def task_index(self, name: str) -> int:
@@ -95,20 +108,20 @@ class Method:
         return False
 
     def matrix(self, stage_scores: dict[int, dict[str, float]]) -> list[list[float | None]]:
-        """scores[i][j] = task j after stage i; row 0 = base model."""
+        """scores[i][j] = task j after stage i; row 0 = base model; learnt tasks are the first columns."""
         names = [t.name for t in self.tasks]
-        return [[stage_scores.get(i, {}).get(n) for n in names] for i in range(len(names) + 1)]
+        return [[stage_scores.get(i, {}).get(n) for n in names] for i in range(len(self.trained) + 1)]
 
     def metrics(self, scores: list[list[float | None]]) -> dict[str, float | None]:
-        """AR / FWT / BWT of the matrix (see `continual_metrics`)."""
-        return continual_metrics(scores)
+        """AR / FWT / BWT of the matrix over the trained tasks (see `continual_metrics`)."""
+        return continual_metrics(scores, learnt=len(self.learnt))
 
 
 class FinalRowOnly(Method):
     """Methods whose models do not form a sequence (mtl, single): only AR, the final row's mean."""
 
     def metrics(self, scores):
-        return {"AR": continual_metrics(scores)["AR"], "FWT": None, "BWT": None}
+        return {"AR": continual_metrics(scores, learnt=len(self.learnt))["AR"], "FWT": None, "BWT": None}
 
 
 class RehearsalMethod(Method):
@@ -129,14 +142,34 @@ class RehearsalMethod(Method):
         m = self.cfg.method
         return target_size(len(task.train), len(task.train), m.ratio, m.per_task)
 
+    def rehearsed_before(self, stage: Stage) -> list[Task]:
+        """The tasks whose rehearsal sets `stage` replays: the learnt ones, then the earlier stages'."""
+        return self.learnt + self.trained[: stage.index - 1]
+
+    def rehearsed_tasks(self) -> list[Task]:
+        """Every task that gets a rehearsal set: all but the last trained one."""
+        return self.learnt + self.trained[:-1]
+
+    def check(self) -> list[str]:
+        """Also: a learnt task rehearsed by its own data size needs training rows to size it
+        (or `method.per_task`)."""
+        problems = super().check()
+        for task in self.learnt:
+            if not task.train and self.cfg.method.per_task is None:
+                problems.append(self.cfg.problem(
+                    ("tasks", self.task_index(task.name), "train"),
+                    f"learnt task {task.name!r} has no training rows: {self.name} sizes its rehearsal set by "
+                    "method.ratio of them; give a `train` file or method.per_task"))
+        return problems
+
     def planned_rows(self, stage: Stage) -> dict[str, int]:
         rows = super().planned_rows(stage)
-        for previous in self.tasks[: stage.index - 1]:
+        for previous in self.rehearsed_before(stage):
             rows[f"{previous.name}/{self.source}"] = self.rehearsal_size(previous)
         return rows
 
     def pending_after(self, stage: Stage, ctx: RunContext) -> bool:
-        last = stage.index == len(self.tasks)  # nothing comes after the last stage
+        last = stage.index == len(self.trained)  # nothing comes after the last stage
         return not last and any(not self.rehearsal_path(ctx, t).exists() for t in stage.tasks)
 
     def after_stage(self, stage: Stage, ctx: RunContext) -> None:
@@ -149,6 +182,6 @@ class RehearsalMethod(Method):
 
     def training_rows(self, stage: Stage, ctx: RunContext) -> list[dict]:
         rows = self.new_rows(stage)
-        for previous in self.tasks[: stage.index - 1]:
+        for previous in self.rehearsed_before(stage):
             rows += read_jsonl(self.rehearsal_path(ctx, previous.name))
         return rows

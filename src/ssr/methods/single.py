@@ -9,13 +9,17 @@ class SingleTask(FinalRowOnly):
     name = "single"
 
     def plan(self) -> list[Stage]:
-        return [Stage(i, f"{i}-{t.name}", (t.name,), fresh=True, evaluate=(t.name,)) for i, t in enumerate(self.tasks, 1)]
+        return [Stage(i, f"{i}-{t.name}", (t.name,), fresh=True, evaluate=(t.name,)) for i, t in enumerate(self.trained, 1)]
 
     def matrix(self, stage_scores):
         # Row i holds, for each task learnt so far, the score of its own model: the final row
         # is every task by its single-task model.
+        # Learnt tasks (first columns) keep their base score: no single-task model trains them.
         names = [t.name for t in self.tasks]
-        rows = [[stage_scores.get(0, {}).get(n) for n in names]]
-        for i in range(1, len(names) + 1):
-            rows.append([stage_scores.get(j + 1, {}).get(n) if j < i else None for j, n in enumerate(names)])
+        base = [stage_scores.get(0, {}).get(n) for n in names]
+        L = len(self.learnt)
+        rows = [base]
+        for i in range(1, len(self.trained) + 1):
+            rows.append(base[:L] + [stage_scores.get(j + 1, {}).get(n) if j < i else None
+                                    for j, n in enumerate(names[L:])])
         return rows

@@ -45,7 +45,7 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
         """Also: every task that gets a synthetic set (all but the last) has a usable
         demonstration pool, and the screen's rules can run."""
         problems = super().check() + self.check_screen()
-        for task in self.tasks[:-1]:
+        for task in self.rehearsed_tasks():
             problems += self.check_demos(task)
         return problems
 

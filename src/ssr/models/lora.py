@@ -31,7 +31,7 @@ def osf_effective_rank(cfg: RunConfig, stage_index: int) -> float:
     `method.osf_effective_rank`, or evenly spaced from 0.3 to 0.7 (PEFT's example: 0.3/0.5/0.7)."""
     if cfg.method.osf_effective_rank is not None:
         return cfg.method.osf_effective_rank[stage_index - 1]
-    n = len(cfg.tasks)
+    n = sum(not t.learnt for t in cfg.tasks)  # one rank per trained stage
     return 0.3 if n == 1 else round(0.3 + 0.4 * (stage_index - 1) / (n - 1), 4)
 
 

@@ -40,8 +40,9 @@ ALPACA_SYSTEM = (
 
 
 def query_text(definition: str, input: str) -> str:
-    """The release's query: the SuperNI `full_prompt` (definition, blank line, input)."""
-    return f"{definition}\n\n{input}"
+    """The release's query: the SuperNI `full_prompt` (definition, blank line, input); an
+    instruction with no input (open-domain rows) is the query on its own."""
+    return f"{definition}\n\n{input}" if input else definition
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class PromptTemplate:
         if self.name == "chat":
             messages = [{"role": "user", "content": query}]
             return [self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)]
-        return [f"{definition}\n\nInput: {input}\nOutput:"]  # raw
+        return [f"{definition}\n\nInput: {input}\nOutput:" if input else f"{definition}\n\nOutput:"]  # raw
 
     def prompt_text(self, definition: str, input: str) -> str:
         return "".join(self.prompt_pieces(definition, input))

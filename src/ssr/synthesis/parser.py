@@ -9,6 +9,11 @@ Two kinds of chunk are returned with a verdict, so they are recorded but never k
   drops it too);
 - `truncated`: the last chunk of a continuation that ended by length, not EOS, was cut
   mid-way (`complete=False`).
+
+Open-domain continuations (after a prompt ending in `Instruction:`) split on `Instruction:`;
+a chunk is an instance only with exactly one `Input:` followed by exactly one `Output:`
+(verdict `malformed` otherwise, as the release's Alpaca parser drops it); `<noinput>` reads
+as an empty input.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ class ParsedInstance:
     output: str | None
     """None when the chunk had no `Output:` marker (an input-only candidate)."""
     verdict: str | None = None
-    """None for a candidate; `multiple_outputs` or `truncated` for a chunk that is not one."""
+    """None for a candidate; `multiple_outputs`, `malformed` or `truncated` for a chunk that is not one."""
+    instruction: str | None = None
+    """Open-domain candidates: the instruction written before `Input:`."""
 
 
 def parse_continuation(text: str, complete: bool = True) -> list[ParsedInstance]:
@@ -41,4 +48,27 @@ def parse_continuation(text: str, complete: bool = True) -> list[ParsedInstance]
         else:
             verdict = None
         out.append(ParsedInstance(x.strip(), y, verdict))
+    return out
+
+
+def parse_open_domain(text: str, complete: bool = True) -> list[ParsedInstance]:
+    """Candidates of one open-domain continuation; `complete=False` when it ended by length."""
+    from ssr.synthesis.prompts import NO_INPUT
+
+    chunks = text.split("Instruction:")
+    out = []
+    for k, chunk in enumerate(chunks):
+        if not chunk.strip():
+            continue
+        head, _, rest = chunk.partition("Input:")
+        x, _, y = rest.partition("Output:")
+        well_formed = chunk.count("Input:") == 1 and chunk.count("Output:") == 1 and "Output:" not in head
+        if not complete and k == len(chunks) - 1:
+            verdict = "truncated"
+        elif not well_formed:
+            verdict = "malformed"
+        else:
+            verdict = None
+        x = x.strip()
+        out.append(ParsedInstance("" if x == NO_INPUT else x, y.strip() if well_formed else None, verdict, head.strip()))
     return out

@@ -22,9 +22,9 @@ from ssr.config import MethodConfig
 from ssr.data.task import Instance, Task, training_row
 from ssr.evaluation import greedy_outputs
 from ssr.generation import Generator, SamplingParams
-from ssr.models.templates import PromptTemplate
+from ssr.models.templates import PromptTemplate, query_text
 from ssr.selection import select, target_size
-from ssr.synthesis.parser import parse_continuation
+from ssr.synthesis.parser import parse_continuation, parse_open_domain
 from ssr.synthesis.prompts import IclPrompt, build_icl_prompts
 from ssr.synthesis.screen import Screener, build_screener
 
@@ -43,7 +43,9 @@ def generate_candidates(
     `synth_max_new_tokens` new tokens when that is set. A prompt with no room left is skipped.
     The last chunk of a continuation that ended by length (not EOS) gets the verdict `truncated`.
     """
-    prompts = build_icl_prompts(task.definition, demos, cfg.n_shots, cfg.max_prompts, cfg.demo_outputs, seed)
+    prompts = build_icl_prompts(task.definition, demos, cfg.n_shots, cfg.max_prompts, cfg.demo_outputs, seed,
+                                open_domain=task.open_domain)
+    parse = parse_open_domain if task.open_domain else parse_continuation
     stats: Counter = Counter(prompts=len(prompts))
     max_total = min(cfg.synth_max_length, context_length)
     encoded, usable = [], []
@@ -73,11 +75,12 @@ def generate_candidates(
                 candidates.append({**base, "input": None, "base_output": None, "verdict": "duplicate_continuation"})
                 continue
             seen.add(text)
-            parsed = parse_continuation(text, complete=not cut)
+            parsed = parse(text, complete=not cut)
             if not parsed:
                 candidates.append({**base, "input": None, "base_output": None, "verdict": "no_instance"})
-            for item in parsed:  # a parser verdict (truncated, multiple_outputs) is final
-                candidates.append({**base, "input": item.input, "base_output": item.output, "verdict": item.verdict})
+            for item in parsed:  # a parser verdict (truncated, multiple_outputs, malformed) is final
+                extra = {"instruction": item.instruction} if task.open_domain else {}
+                candidates.append({**base, **extra, "input": item.input, "base_output": item.output, "verdict": item.verdict})
     for i, c in enumerate(candidates):
         c["candidate_id"] = i
     return candidates, stats, prompts
@@ -86,17 +89,25 @@ def generate_candidates(
 def filter_candidates(candidates: list[dict], task: Task, demos: list[Instance], tokenizer, cfg: MethodConfig,
                       screener: Screener | None = None) -> None:
     """Step 2: give every parsed candidate a verdict (`kept` or why it was dropped); a
-    candidate that passes every other filter but a `screener` rule is `screened` (`screen_rule`)."""
-    demo_inputs = {d.input.strip() for d in demos}
+    candidate that passes every other filter but a `screener` rule is `screened` (`screen_rule`).
+
+    Open-domain candidates are keyed by (instruction, input), the instruction standing in for
+    the definition in the length rule; their input may be empty (`<noinput>`)."""
+    demo_inputs = {_key(task, d.definition, d.input.strip()) for d in demos}
     def_len = len(tokenizer(task.definition, add_special_tokens=False)["input_ids"])
     input_only_ok = cfg.refine and cfg.keep_input_only
-    kept_inputs: set[str] = set()
+    kept_inputs: set = set()
     for c in candidates:
         if c["verdict"] is not None:
             continue
         x, y = c["input"], c["base_output"]
         n_in = len(tokenizer(x, add_special_tokens=False)["input_ids"])
-        if not x:
+        if task.open_domain:
+            def_len = len(tokenizer(c["instruction"], add_special_tokens=False)["input_ids"])
+        key = _key(task, c.get("instruction"), x)
+        if task.open_domain and not c["instruction"]:
+            verdict = "empty_instruction"
+        elif not x and not task.open_domain:
             verdict = "empty_input"
         elif not y and not input_only_ok:
             verdict = "no_output"
@@ -106,26 +117,41 @@ def filter_candidates(candidates: list[dict], task: Task, demos: list[Instance],
             verdict = "definition_input_too_long"
         elif y and len(tokenizer(y, add_special_tokens=False)["input_ids"]) > cfg.max_output_tokens:
             verdict = "output_too_long"
-        elif x in demo_inputs:
+        elif key in demo_inputs:
             verdict = "copies_demo"
-        elif x in kept_inputs:
+        elif key in kept_inputs:
             verdict = "duplicate"
         elif screener is not None and (rule := screener(x, y)):
             verdict, c["screen_rule"] = SCREENED, rule
         else:
             verdict = KEPT
-            kept_inputs.add(x)
+            kept_inputs.add(key)
         c["verdict"] = verdict
+
+
+def _key(task: Task, instruction: str | None, input_: str):
+    """What makes two instances the same: the input, or (instruction, input) when open-domain."""
+    return (instruction, input_) if task.open_domain else input_
+
+
+def selection_text(c: dict) -> str:
+    """What selection embeds: the input, or the query (instruction + input) of an open-domain candidate."""
+    return query_text(c["instruction"], c["input"]) if "instruction" in c else c["input"]
+
+
+def is_open_domain(candidates: list[dict]) -> bool:
+    """Whether candidates are open-domain (they carry their own instruction)."""
+    return any("instruction" in c for c in candidates)
 
 
 def select_candidates(candidates: list[dict], demos: list[Instance], train_size: int, cfg: MethodConfig, seed: int) -> int:
     """Step 3: mark the chosen kept candidates (`selected`, `cluster`). Returns how many."""
     kept = [c for c in candidates if c["verdict"] == KEPT]
     k = target_size(len(kept), train_size, cfg.ratio, cfg.per_task)
-    fit = [d.input for d in demos] if cfg.kmeans_fit == "demos" else None
-    chosen = select([c["input"] for c in kept], k, cfg.selection_or_default, seed,
+    fit = [query_text(d.definition, d.input) if is_open_domain(candidates) else d.input for d in demos] if cfg.kmeans_fit == "demos" else None
+    chosen = select([selection_text(c) for c in kept], k, cfg.selection_or_default, seed,
                     n_clusters=cfg.n_clusters, embedding_model=cfg.embedding_model, fit_texts=fit,
-                    embedding_pooling=cfg.embedding_pooling)
+                    embedding_pooling=cfg.embedding_pooling, one_per_cluster=cfg.cluster_quota == "one")
     for c in candidates:
         c["cluster"], c["selected"] = None, False
     for i, c in enumerate(kept):
@@ -155,8 +181,9 @@ def synthesize(task: Task, demos: list[Instance], generator: Generator, tokenize
 
 def refine(selected: list[dict], definition: str, generator: Generator, template: PromptTemplate,
            max_source_length: int, max_new_tokens: int, desc: str = "refine") -> list[str]:
-    """Step 4: the latest model's greedy outputs for the selected inputs (training template)."""
-    pairs = [(definition, c["input"]) for c in selected]
+    """Step 4: the latest model's greedy outputs for the selected inputs (training template);
+    an open-domain candidate is answered under its own instruction."""
+    pairs = [(c.get("instruction") or definition, c["input"]) for c in selected]
     return greedy_outputs(generator, template, pairs, max_source_length, max_new_tokens, desc)
 
 
@@ -164,7 +191,7 @@ def rehearsal_rows(task: Task, selected: list[dict], outputs: list[str | None], 
     """Rows replayed in later stages: `output` is the refined one (or the base one without refinement)."""
     rows = []
     for c, out in zip(selected, outputs):
-        inst = Instance(f"{task.name}-syn-{c['candidate_id']}", c["input"], out, task.definition)
+        inst = Instance(f"{task.name}-syn-{c['candidate_id']}", c["input"], out, c.get("instruction") or task.definition)
         rows.append(training_row(inst, task.name, "synthetic", base_output=c["base_output"], refined=refined,
                                  candidate_id=c["candidate_id"], prompt_id=c["prompt_id"], demo_ids=c["demo_ids"]))
     return rows
