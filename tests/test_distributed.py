@@ -61,7 +61,7 @@ def _free_port() -> int:
 
 def _launch(config: dict, path: Path, out: Path, processes: int = 2) -> subprocess.Popen:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = _env()
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "ssr.cli", "run", str(path), "-o", str(out)]
@@ -79,9 +79,23 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out.decode()
 
 
+def _env() -> dict:
+    # CPU processes (gloo), also on a GPU machine: two processes would need two GPUs. One thread
+    # each: on a loaded 2-core machine two spinning threads per process made runs 10x slower.
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+            "CUDA_VISIBLE_DEVICES": "", "SSR_DIST_TIMEOUT_MINUTES": "8"}  # a hung collective fails the test, not 12 h
+
+
 def _one_process_run(config: dict, out: Path) -> None:
-    """The reference, in this process, on one thread as each launched worker (OMP_NUM_THREADS=1):
-    on a loaded 2-core machine two spinning threads per process made it 10x slower."""
+    """The reference, on the CPU like the launched workers: in this process where no GPU is
+    visible (no start-up cost), else in a subprocess with the GPU hidden."""
+    if torch.cuda.is_available():
+        path = out.with_suffix(".yaml")
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        done = subprocess.run([sys.executable, "-m", "ssr.cli", "run", str(path), "-o", str(out)], env=_env(),
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -134,23 +148,24 @@ def test_sequential_under_two_processes_is_the_one_process_run(task_dir, tiny_mo
     assert "2 process(es)" in log and log.count("stage 0-base, task reverse: evaluating") == 1
 
 
-def test_ssr_under_two_processes_killed_in_synthesis_reruns_to_the_one_process_run(task_dir, tiny_model_dir,
-                                                                                 stopping_model_dir, tmp_path):
-    """SIGKILL to the launcher and both workers while the main process synthesises (the other
-    waits at its barrier), then the same command again: the finished run is the one-process run.
-    (One test, not two, to save a launch: the killed launch ran the base evaluation and stage 1
-    uninterrupted, the rerun everything from synthesis on.)"""
+def test_ssr_under_two_processes_killed_in_training_reruns_to_the_one_process_run(task_dir, tiny_model_dir,
+                                                                                stopping_model_dir, tmp_path):
+    """SIGKILL to the launcher and both workers during stage 1's training, then the same command
+    again: the finished run is the one-process run. (One test, not two, to save a launch: the
+    killed launch evaluated the base model, the rerun did everything from stage 1 on, SSR's
+    synthesis on the main process and refinement split across both.)"""
     opts = _ssr_opts(stopping_model_dir)
     config, out = _config(task_dir, tiny_model_dir, "ssr", 2, **opts), tmp_path / "two"
     proc = _launch(config, tmp_path / "two.yaml", out)
     deadline = time.monotonic() + 600
-    while not ((out / "run.log").exists() and "synthesizing" in (out / "run.log").read_text(errors="replace")):
+    while not ((out / "run.log").exists() and "training on" in (out / "run.log").read_text(errors="replace")):
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no synthesis within 600 s"
+        assert time.monotonic() < deadline, "no training within 600 s"
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (out / "results.json").exists() and not (out / "synthetic" / "reverse.jsonl").exists()
+    assert not (out / "stages" / "1-reverse" / "adapter").exists(), "the kill landed after stage 1's training"
+    assert (out / "stages" / "0-base" / "predictions" / "upper.jsonl").exists()
     assert json.loads((out / ".lock").read_text())["pid"] > 0, "the killed main process held the lock"
 
     rerun = _launch(config, tmp_path / "two.yaml", out)
