@@ -165,3 +165,32 @@ def test_train_stage_batches_by_length_only_when_asked(tiny_model_dir, monkeypat
                           group_by_length=grouped)
         train_stage(_model(tiny_model_dir), template, rows, cfg, seed=3)
         assert (sorted(seen) == _sorted_chunks(lengths, 2)) is grouped
+
+
+def test_gradient_checkpointing_recomputes_layers_and_learns_the_same_adapter(tiny_model_dir):
+    """With `gradient_checkpointing` every decoder layer runs twice per micro-batch (forward,
+    then again in the backward pass), LoRA dropout included, and the adapter comes out the same."""
+    tok = load_tokenizer(str(tiny_model_dir))
+    template = get_template("raw", tok)
+    weights, calls = {}, {}
+    for checkpointing in (False, True):
+        cfg = TrainConfig(epochs=1, lr=5e-3, batch_size=4, grad_accum=1, max_source_length=64, max_target_length=16,
+                          gradient_checkpointing=checkpointing)
+        model = attach_lora(load_base_model(str(tiny_model_dir)), LoraSettings(r=4, alpha=8, dropout=0.1), seed=0)
+        layer = model.get_base_model().model.layers[0]
+        counter = []
+        layer.register_forward_pre_hook(lambda *_: counter.append(1))  # pre: recomputation stops early, before the end
+        stats = train_stage(model, template, ROWS, cfg, seed=3)
+        calls[checkpointing] = len(counter)
+        weights[checkpointing] = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+        assert stats["steps"] == 2
+    assert calls == {False: 2, True: 4}  # 2 micro-batches; each layer recomputed once per micro-batch
+    for name, w in weights[False].items():
+        torch.testing.assert_close(weights[True][name], w, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(w, torch.zeros_like(w)) for w in weights[True].values())
+
+
+def test_weights_load_in_the_configured_dtype_on_the_given_device(tiny_model_dir):
+    model = load_base_model(str(tiny_model_dir), dtype=torch.bfloat16, device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

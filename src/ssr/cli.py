@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ssr.errors import SSRError
+from ssr.errors import PeerError, SSRError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +32,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     reuse = Path(args.reuse_first_stage) if args.reuse_first_stage else None
     results = run(cfg, args.output_dir, reuse_from=reuse, on_reuse=note)
+    if not _is_main_process():  # under accelerate launch the main process reports, once
+        return 0
     print(format_results(results))
     print(f"results: {os.path.join(args.output_dir, 'results.json')}")
     return 0
@@ -81,6 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ssr.report import build_report
     from ssr.sweep import run_sweep
 
+    _one_process("demo")
     variants = args.methods.split(",") if args.methods else DEMO_VARIANTS
     unknown = [m for m in variants if m not in DEMO_VARIANTS]
     if unknown:
@@ -94,6 +97,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(comparison_table(run_dirs))
     print(f"report: {report}")
     return 0
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _one_process(command: str) -> None:
+    """`ssr sweep` and `ssr demo` run their runs one after another in one process."""
+    from ssr.errors import ConfigError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"ssr {command} runs in one process; under accelerate launch, launch `ssr run` for each run "
+                          "(README, Scaling)")
 
 
 def _parse_seeds(text: str | None) -> list[int] | None:
@@ -112,6 +128,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ssr.report import build_report
     from ssr.sweep import TABLE_1, finished_runs, run_sweep, summary_table
 
+    _one_process("sweep")
     variants = args.methods.split(",") if args.methods else list(TABLE_1)
     orders = [tuple(o.split(",")) for o in args.order] or None
     out = Path(args.output_dir)
@@ -249,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
+    except PeerError as err:  # the main process failed and has said why; the others stop quietly
+        return err.exit_code
     except SSRError as err:  # one line per problem (the plan checks report them all at once)
+        if not _is_main_process():
+            return err.exit_code  # every process found the same problem: the main process reports it
         print("\n".join(f"error: {line}" for line in str(err).splitlines()), file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt as err:  # SIGINT (Ctrl-C), or SIGTERM through `_terminate`

@@ -29,3 +29,13 @@ class DataError(SSRError):
 
 class RunDirError(SSRError):
     """The output directory belongs to a different run."""
+
+
+class PeerError(Exception):
+    """Under several processes: the main process failed a step it alone does (e.g. claiming the
+    run directory); the others stop with its exit code and leave the report to it."""
+
+    def __init__(self, err: BaseException):
+        super().__init__(f"the main process failed: {err}")
+        self.original = err
+        self.exit_code = getattr(err, "exit_code", 1)

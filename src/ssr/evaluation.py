@@ -115,8 +115,13 @@ def predict(
     """Greedy predictions for `instances`, each row scored against its references."""
     outputs = greedy_outputs(generator, template, [(i.definition, i.input) for i in instances],
                              max_source_length, max_new_tokens, desc)
+    return score_rows(instances, outputs, scorer, language)
+
+
+def score_rows(instances: list[Instance], outputs: list[str], scorer: str = "superni", language: str = "en") -> list[dict]:
+    """One prediction row per instance: its answer scored against its references."""
     rows = []
-    for inst, prediction in zip(instances, outputs):
+    for inst, prediction in zip(instances, outputs, strict=True):
         refs = inst.all_references
         rows.append(
             {

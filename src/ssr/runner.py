@@ -22,7 +22,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,12 +33,14 @@ import yaml
 from ssr import config as config_mod
 from ssr.config import RunConfig
 from ssr.data import Task, load_task
+from ssr.distributed import Dist
+from ssr.distributed import current as current_dist
 from ssr.errors import ConfigError, RunDirError
-from ssr.evaluation import evaluate_task, learnt_retention, score_predictions
+from ssr.evaluation import greedy_outputs, learnt_retention, score_predictions, score_rows
 from ssr.engines import resolve_backend
 from ssr.engines.vllm import VLLMEngine, current_engine
 from ssr.general import evaluate_general, general_stages
-from ssr.generation import Generator, HFGenerator
+from ssr.generation import Completion, Generator, HFGenerator, SamplingParams
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
 from ssr.models.lora import attach_adapter, is_adapter_weight, load_adapter, merges_between_stages, save_adapter, uses_lora
@@ -65,23 +67,83 @@ class RunContext:
     tasks: list[Task]
     models: ModelState = field(repr=False)
     plan: list[Stage] = field(default_factory=list)
+    dist: Dist | None = field(default=None, repr=False)
+    """This process's place in a multi-process launch (None: a lone process, e.g. `ssr synth`)."""
 
     def stage_dir(self, stage: Stage) -> Path:
         return self.run_dir / "stages" / stage.name
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this process owns the run directory (always, with one process)."""
+        return self.dist is None or self.dist.is_main
+
     def generator_after(self, stage: Stage, batch_size: int | None = None) -> Generator:
-        """A generator for the model as it was right after `stage` (BASE_STAGE: θ(0))."""
+        """A generator for the model as it was right after `stage` (BASE_STAGE: θ(0)).
+
+        Under several processes every process calls it (and `generate`) together: hf splits
+        the prompts across them and gathers the answers; vLLM generates on the main process's
+        engine alone (one engine, not one per process) and hands the answers to the others."""
         before = self.plan[: self.plan.index(stage)] if stage in self.plan else []
-        return self.models.stage_generator(stage, before, batch_size)
+        if self.dist is None or self.dist.world == 1:
+            return self.models.stage_generator(stage, before, batch_size)
+        if self.models._vllm_serves(stage, before):
+            local = self.models.stage_generator(stage, before, batch_size) if self.dist.is_main else None
+            return SplitGenerator(self.dist, local, split=False)
+        return SplitGenerator(self.dist, self.models.stage_generator(stage, before, batch_size), split=True)
+
+    def write(self, fn: Callable, *args) -> None:
+        """A write into the run directory: the main process does it, every process then goes on
+        seeing it (a barrier), so all take the same branches afterwards."""
+        if self.dist is None:
+            fn(*args)
+        else:
+            self.dist.on_main(fn, *args)
 
     @contextmanager
     def timed(self, step: str):
-        """Record the wall time of a completed step in timings.jsonl (summed over reruns)."""
+        """Record the wall time of a completed step in timings.jsonl (summed over reruns; main process)."""
         started = time.perf_counter()
         yield
-        line = json.dumps({"step": step, "seconds": round(time.perf_counter() - started, 2)})
-        with open(self.run_dir / "timings.jsonl", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        if self.is_main:
+            line = json.dumps({"step": step, "seconds": round(time.perf_counter() - started, 2)})
+            with open(self.run_dir / "timings.jsonl", "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+class SplitGenerator:
+    """Greedy generation shared by every process of a launch; all of them call `generate` with the
+    same prompts and all get every answer, in order.
+
+    `split`: each process answers every N-th prompt of the length-sorted list (so long prompts
+    are spread out) and the answers are gathered. Greedy answers do not depend on which batch a
+    prompt is in, beyond floating-point noise from padding. Sampled generation is refused: the
+    hf sampler draws from one random stream per call, so splitting would change the samples
+    (SSR synthesis runs on the main process instead). Not `split`: the main process's generator
+    answers everything (the vLLM engine) and the others receive the answers.
+    """
+
+    def __init__(self, dist: Dist, local: Generator | None, split: bool):
+        self.dist, self.local, self.split = dist, local, split
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
+        if not self.split:
+            out = self.local.generate(prompts, params, desc) if self.dist.is_main else None
+            return [[Completion(t, r) for t, r in row] for row in self.dist.broadcast(_plain(out) if out is not None else None)]
+        if params.do_sample:
+            raise ValueError("sampled generation is not split across processes (its draws would change); run it on one")
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        mine = order[self.dist.rank :: self.dist.world]
+        answers = self.local.generate([prompts[i] for i in mine], params, desc) if mine else []
+        results: list[list[Completion] | None] = [None] * len(prompts)
+        for i, row in self.dist.all_gather(list(zip(mine, _plain(answers)))):
+            results[i] = [Completion(t, r) for t, r in row]
+        return results
+
+
+def _plain(rows: list[list[Completion]]) -> list[list[tuple[str, str]]]:
+    """Completions as (text, finish_reason) pairs, for sending to other processes."""
+    return [[(str(c), c.finish_reason) for c in row] for row in rows]
 
 
 class ModelState:
@@ -101,8 +163,11 @@ class ModelState:
     `hf` backend.
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: Path):
+    def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device | None = None):
         self.cfg, self.run_dir = cfg, run_dir
+        self.device = device
+        """This process's device (accelerate's: each process of a multi-GPU launch its own GPU);
+        None: `cuda` where there is one, else the CPU."""
         self.model = None  # the base model, or a PeftModel over it
         self.at_stage: str | None = None  # which stage's weights `model` holds
         self.base_modified = False  # True once an adapter was merged into the weights
@@ -143,7 +208,7 @@ class ModelState:
         """A base model with the config's dtype and safety settings (trust_remote_code, allow_pickle)."""
         m = self.cfg.model
         return load_base_model(name or m.name, m.cache_dir, dtype=self.dtype, trust_remote_code=m.trust_remote_code,
-                               allow_pickle=m.allow_pickle)
+                               allow_pickle=m.allow_pickle, device=self.device)
 
     def _base(self):
         if self.model is None:
@@ -269,16 +334,22 @@ class ModelState:
             return
         yield self.generator(self.base(), batch_size), self.tokenizer, self.context_length
 
+    def _gpu(self) -> torch.device | None:
+        """The accelerator this process trains on, or None on a CPU."""
+        device = self.device if self.device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return device if device.type != "cpu" else None
+
     def _on_device(self, model):
-        """The training model on the accelerator (it may have left it while vLLM generated)."""
-        if model is not None and torch.cuda.is_available() and next(model.parameters()).device.type != "cuda":
-            model.to("cuda")
+        """The training model on this process's accelerator (it may have left it while vLLM generated)."""
+        gpu = self._gpu()
+        if model is not None and gpu is not None and next(model.parameters()).device.type == "cpu":
+            model.to(gpu)
         return model
 
     def _off_device(self) -> None:
         """On a GPU, move the training model to host memory while the vLLM engine generates,
         so the device never holds two copies of the weights."""
-        if self.model is not None and torch.cuda.is_available() and next(self.model.parameters()).device.type == "cuda":
+        if self.model is not None and self._gpu() is not None and next(self.model.parameters()).device.type != "cpu":
             self.model.to("cpu")
             torch.cuda.empty_cache()
 
@@ -390,20 +461,26 @@ def setup_logging(run_dir: Path) -> logging.Handler:
 
 
 def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str]) -> dict[str, float]:
-    """Predictions of the stage's model on `tasks`; cached per task file. Returns ROUGE-L x 100."""
+    """Predictions of the stage's model on `tasks`; cached per task file. Returns ROUGE-L x 100.
+
+    Under several processes each answers a share of the rows; the main process scores the
+    gathered answers and writes them (every row once)."""
     scores = {}
     pred_dir = ctx.stage_dir(stage) / "predictions"
+    cfg = ctx.cfg
     for name in tasks:
         path = pred_dir / f"{name}.jsonl"
         if not path.exists():
             task = next(t for t in ctx.tasks if t.name == name)
-            cfg = ctx.cfg
-            log.info("stage %s, task %s: evaluating", stage.name, name)
+            if ctx.is_main:
+                log.info("stage %s, task %s: evaluating", stage.name, name)
             with ctx.timed(f"eval {stage.name} {name}"):
-                rows = evaluate_task(ctx.generator_after(stage), ctx.models.template, task,
-                                     cfg.train.max_source_length, task.max_new_tokens, cfg.eval.scorer)
-                write_jsonl(path, rows)
-            log.info("stage %s, task %s: ROUGE-L %.2f", stage.name, name, score_predictions(rows)["rougeL"])
+                answers = greedy_outputs(ctx.generator_after(stage), ctx.models.template,
+                                         [(i.definition, i.input) for i in task.eval], cfg.train.max_source_length,
+                                         task.max_new_tokens, desc=f"eval {task.name}")
+                ctx.write(lambda: write_jsonl(path, score_rows(task.eval, answers, cfg.eval.scorer, task.language)))
+            if ctx.is_main:
+                log.info("stage %s, task %s: ROUGE-L %.2f", stage.name, name, score_predictions(read_jsonl(path))["rougeL"])
         scores[name] = score_predictions(read_jsonl(path))["rougeL"]
     return scores
 
@@ -426,30 +503,62 @@ def run(cfg: RunConfig, output_dir: str | Path, reuse_from: Path | None = None,
     (one writer) and claimed. `reuse_from`: a finished run whose base evaluation and stage 1
     are copied in when they are the same computation (`share_first_stage`); `on_reuse` is
     told whether they were.
+
+    Under `accelerate launch` every process calls this: each validates (read-only), the main
+    process alone locks, claims and writes the directory (see ssr.distributed), and all of
+    them return the results.
     """
     run_dir = RunDir(output_dir)
     run_dir.check()
     cfg = resolve_settings(cfg)
     tasks, method = prepare(cfg)
-    run_dir.create()
-    with run_lock(run_dir.path):
-        run_dir.claim(cfg)
-        if reuse_from is not None:
-            shared = share_first_stage(Path(reuse_from), cfg, run_dir.path)
-            if on_reuse is not None:
-                on_reuse(shared)
-        handler = setup_logging(run_dir.path)
+    dist = current_dist()
+    check_launch(cfg, dist)
+    with ExitStack() as stack:
+        def own() -> bool | None:
+            run_dir.create()
+            stack.enter_context(run_lock(run_dir.path))
+            run_dir.claim(cfg)
+            prepare_caches(cfg)  # once, before the other processes read them
+            return share_first_stage(Path(reuse_from), cfg, run_dir.path) if reuse_from is not None else None
+
+        shared = dist.decide(own)  # a refusal on the main process (in use, another config) stops every process
+        if reuse_from is not None and on_reuse is not None and dist.is_main:
+            on_reuse(bool(shared))
+        handler = setup_logging(run_dir.path) if dist.is_main else None
         try:
-            return _run(cfg, run_dir.path, tasks, method)
+            return _run(cfg, run_dir.path, tasks, method, dist)
         finally:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
 
 
-def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> dict:
+def prepare_caches(cfg: RunConfig) -> None:
+    """What the first load writes into the model cache (a GGUF's conversion, the CPU's bf16
+    measurement): done by one process before the others load."""
+    for name in (cfg.model.name, cfg.method.icl_model):
+        if name is not None:
+            local_model_dir(name, cfg.model.cache_dir)
+    resolve_dtype(cfg.model.dtype, cache_root(cfg.model.cache_dir), engine=cfg.generation.backend)
+
+
+def check_launch(cfg: RunConfig, dist: Dist) -> None:
+    """Refuse what a multi-process launch cannot do, before anything is written."""
+    plugin = getattr(dist.accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3 and cfg.generation.backend != "vllm":
+        raise ConfigError(f"{cfg.where('generation', 'backend')}: field 'generation.backend': DeepSpeed ZeRO-3 shards the "
+                          "training model's weights across processes, so it cannot generate by itself: use "
+                          "generation.backend: vllm (the engine loads the weights and each stage's adapter from disk), "
+                          "or ZeRO-2 (see README, Scaling)")
+
+
+def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method, dist: Dist | None = None) -> dict:
     plan = method.plan()
-    ctx = RunContext(cfg, run_dir, tasks, ModelState(cfg, run_dir), plan)
-    log.info("run %s: method %s, tasks %s", run_dir, method.name, [t.name for t in tasks])
+    ctx = RunContext(cfg, run_dir, tasks, ModelState(cfg, run_dir, dist.device if dist else None), plan, dist)
+    if ctx.is_main:
+        log.info("run %s: method %s, tasks %s, %d process(es)", run_dir, method.name, [t.name for t in tasks],
+                 dist.world if dist else 1)
 
     all_names = [t.name for t in tasks]
     stage_scores = {0: evaluate_stage(ctx, BASE_STAGE, all_names)}
@@ -469,21 +578,31 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
         if not adapter_dir.exists():
             model = ctx.models.start_stage(stage, plan[:k])
             rows = method.training_rows(stage, ctx)
-            write_jsonl(sdir / "train.jsonl", rows)
-            log.info("stage %s: training on %d rows (%s)", stage.name, len(rows), _sources(rows))
+            ctx.write(write_jsonl, sdir / "train.jsonl", rows)
+            if ctx.is_main:
+                log.info("stage %s: training on %d rows (%s)", stage.name, len(rows), _sources(rows))
             penalty = reg.penalty(ctx, plan[k - 1], ctx.models.adapter_parameters()) if reg and k > 0 else None
             with ctx.timed(f"train {stage.name}"):
                 stats = train_stage(model, ctx.models.template, rows, cfg.train, cfg.seed + stage.index,
                                     desc=f"train {stage.name}", penalty=penalty, bf16=ctx.models.train_bf16)
-                write_json(sdir / "train_stats.json", stats)  # before the adapter, which marks the stage done
-                save_adapter(model, adapter_dir)
+
+                def save() -> None:
+                    write_json(sdir / "train_stats.json", stats)  # before the adapter, which marks the stage done
+                    save_adapter(model, adapter_dir)
+
+                with gathered_adapter(model):  # ZeRO-3: every process hands in its shards of the adapter
+                    ctx.write(save)
             ctx.models.finished(stage)
-            log.info("stage %s: %s", stage.name, stats)
+            if ctx.is_main:
+                log.info("stage %s: %s", stage.name, stats)
 
         if reg and reg.pending_after(stage, ctx, last=k == len(plan) - 1):
-            with ctx.timed(f"regularizer {stage.name}"):  # p_prev (and Fisher) for the next stage
+            def regularizer_state(stage=stage, k=k) -> None:  # p_prev (and Fisher) for the next stage
                 model = ctx.models.load_after(stage, plan[:k])
                 reg.after_stage(stage, ctx, model, ctx.models.adapter_parameters(), plan[k - 1] if k > 0 else None)
+
+            with ctx.timed(f"regularizer {stage.name}"):
+                ctx.write(regularizer_state)
 
         stage_scores[stage.index] = evaluate_stage(ctx, stage, list(stage.evaluate))
         if stage.name in measured:
@@ -512,10 +631,25 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method) -> di
             "training_dtype": ctx.models.hf_dtype_name,
             "training_autocast": "bfloat16" if ctx.models.train_bf16 else "off",
         },
+        "processes": dist.world if dist else 1,
     }
-    write_json(run_dir / "results.json", results)
-    log.info("results: AR %s FWT %s BWT %s", results["AR"], results["FWT"], results["BWT"])
+    ctx.write(write_json, run_dir / "results.json", results)
+    if ctx.is_main:
+        log.info("results: AR %s FWT %s BWT %s", results["AR"], results["FWT"], results["BWT"])
     return results
+
+
+def gathered_adapter(model):
+    """Under DeepSpeed ZeRO-3 the adapter's weights are sharded: gather them on every process
+    (a collective) so that the main process can save them; elsewhere nothing to do."""
+    from ssr.models.loading import _zero3
+
+    if not _zero3():
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(
+        [p for name, p in model.named_parameters() if is_adapter_weight(name)], modifier_rank=None)
 
 
 def _exact_match_matrix(ctx: RunContext, method: Method, plan: list[Stage]) -> dict[str, dict[str, float]]:

@@ -172,13 +172,22 @@ class RehearsalMethod(Method):
         last = stage.index == len(self.trained)  # nothing comes after the last stage
         return not last and any(not self.rehearsal_path(ctx, t).exists() for t in stage.tasks)
 
+    collective = False
+    """Whether `build_rehearsal` runs on every process of a launch together (it generates through
+    `ctx.generator_after`, which they share) or on the main process alone while the others wait."""
+
     def after_stage(self, stage: Stage, ctx: RunContext) -> None:
         if not self.pending_after(stage, ctx):
             return
         for name in stage.tasks:
             path = self.rehearsal_path(ctx, name)
-            if not path.exists():
-                write_jsonl(path, self.build_rehearsal(self.by_name[name], stage, ctx))
+            if path.exists():
+                continue
+            if self.collective:
+                rows = self.build_rehearsal(self.by_name[name], stage, ctx)
+                ctx.write(write_jsonl, path, rows)
+            else:
+                ctx.write(lambda: write_jsonl(path, self.build_rehearsal(self.by_name[name], stage, ctx)))
 
     def training_rows(self, stage: Stage, ctx: RunContext) -> list[dict]:
         rows = self.new_rows(stage)

@@ -88,23 +88,21 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
                                              f"{screen.classifier} is not a model directory (no config.json)"))
         return problems
 
+    collective = True  # refinement is greedy generation, shared by the processes of a launch
+
     def build_rehearsal(self, task: Task, stage: Stage, ctx) -> list[dict]:
+        """Synthesis, filtering and selection (the main process; one sampled stream, as on one
+        process), then refinement of the selected inputs (every process, each a share)."""
         cfg, m = self.cfg, self.cfg.method
         folder = ctx.run_dir / self.folder
         cand_path = folder / f"{task.name}.candidates.jsonl"
-        if cand_path.exists():
-            candidates = read_jsonl(cand_path)
-        else:
-            demos = self.demos_for(task)
-            log.info("task %s: synthesizing", task.name)
-            with ctx.models.icl_generator(m.batch_size) as (generator, tokenizer, context_length):
-                candidates, stats, prompts = synthesize(task, demos, generator, tokenizer, context_length, m, cfg.seed + stage.index)
-            write_jsonl(folder / f"{task.name}.prompts.jsonl", [{"id": p.id, "demo_ids": list(p.demo_ids), "text": p.text} for p in prompts])
-            write_json(folder / f"{task.name}.stats.json", stats)
-            write_jsonl(cand_path, candidates)
+        if not cand_path.exists():
+            ctx.write(self._synthesize, task, stage, ctx, folder)
+        candidates = read_jsonl(cand_path)
         selected = sorted((c for c in candidates if c["selected"]), key=lambda c: c["selection_rank"])
         if m.refine:
-            log.info("task %s: refining %d selected inputs", task.name, len(selected))
+            if ctx.is_main:
+                log.info("task %s: refining %d selected inputs", task.name, len(selected))
             latest = ctx.generator_after(stage, m.batch_size)  # θ(i): the model right after this task's stage
             outputs = refine(selected, task.definition, latest,
                              ctx.models.template, cfg.train.max_source_length, task.max_new_tokens,
@@ -113,3 +111,14 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
             outputs = [c["base_output"] for c in selected]
         rows = rehearsal_rows(task, selected, outputs, refined=m.refine)
         return [r for r in rows if r["output"]]  # an empty refined output teaches nothing
+
+    def _synthesize(self, task: Task, stage: Stage, ctx, folder: Path) -> None:
+        """Steps 1-3 (SSR spec): the base model's ICL continuations, parsed, filtered and selected; three files."""
+        m = self.cfg.method
+        log.info("task %s: synthesizing", task.name)
+        with ctx.models.icl_generator(m.batch_size) as (generator, tokenizer, context_length):
+            candidates, stats, prompts = synthesize(task, self.demos_for(task), generator, tokenizer, context_length, m,
+                                                    self.cfg.seed + stage.index)
+        write_jsonl(folder / f"{task.name}.prompts.jsonl", [{"id": p.id, "demo_ids": list(p.demo_ids), "text": p.text} for p in prompts])
+        write_json(folder / f"{task.name}.stats.json", stats)
+        write_jsonl(folder / f"{task.name}.candidates.jsonl", candidates)

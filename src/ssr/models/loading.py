@@ -135,22 +135,44 @@ def load_tokenizer(name: str, cache_dir: str | None = None, trust_remote_code: b
 
 
 def load_base_model(name: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32,
-                    trust_remote_code: bool = False, allow_pickle: bool = False) -> PreTrainedModel:
-    """The base model θ(0), in eval mode. Weights stay fp32 on CPU (bf16 is autocast in training).
+                    trust_remote_code: bool = False, allow_pickle: bool = False,
+                    device: torch.device | str | None = None) -> PreTrainedModel:
+    """The base model θ(0), in eval mode, on `device` (a run passes its process's device, so
+    that each process of a multi-GPU launch has its own GPU; None: `cuda` if there is one).
+
+    Loaded once, straight in `dtype` (no fp32 copy first: `low_cpu_mem_usage`, and on a GPU
+    straight onto the device), except under DeepSpeed ZeRO-3, where transformers partitions the
+    weights across processes while loading.
 
     Safe by default: only safetensors weights (a pickle file can run code when loaded) and
     no model-supplied Python code, unless `allow_pickle` / `trust_remote_code` are set."""
     source = local_model_dir(name, cache_dir)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    extra = {}
+    if device.type != "cpu" and not _zero3():
+        extra["device_map"] = {"": device}  # weights go to the device as they are read
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source.path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True)
+            source.path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True,
+            low_cpu_mem_usage=True, **extra)
     except (OSError, ValueError) as err:  # no safetensors weights (pickle not allowed), hub id offline, remote code refused
         hint = "" if allow_pickle else " (only safetensors weights are loaded unless model.allow_pickle: true)"
         raise ConfigError(str(_load_error(name, err)) + hint) from None
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    if not _zero3() and next(model.parameters()).device != device:
+        model = model.to(device)
     model.eval()
     return model
+
+
+def _zero3() -> bool:
+    """Whether DeepSpeed ZeRO-3 is on (the accelerate launch config says so): weights are then partitioned at load."""
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+    except ImportError:
+        return False
+    return is_deepspeed_zero3_enabled()
 
 
 def context_length(name: str, cache_dir: str | None = None, trust_remote_code: bool = False) -> int:
