@@ -90,18 +90,18 @@ def test_counts_against_a_hand_built_candidates_file():
 
 
 def test_refined_outputs_against_real_labels():
-    real = ["positive"] * 3 + ["negative"] * 3  # 2 distinct of 6 rows: classification
-    refined = ["Positive.", "negative", "it is fine", "The positive"]  # normalised: 3 labels, 1 not
-    q = output_quality(refined, ["positive", None, "meh", "negative"], real)
-    assert q["classification"] and q["labels"] == ["negative", "positive"]
+    real = ["Positive"] * 3 + ["Negative"] * 3  # 2 distinct of 6 rows: classification
+    refined = ["positive.", "NEGATIVE", "it is fine", "The Positive"]  # normalised: 3 labels, 1 not
+    q = output_quality(refined, ["Positive", None, "meh", "negative"], real)
+    assert q["classification"] and q["labels"] == ["Negative", "Positive"]
     assert q["label_share"] == 0.75 and q["base_label_share"] == 0.5
-    assert q["label_counts"] == {"positive": 2, "(not a label)": 1, "negative": 1}
+    assert q["label_counts"] == {"Positive": 2, "(not a label)": 1, "Negative": 1}
     # words: refined 1,1,3,2 -> mean 1.75; base (None left out) 1,1,1 -> 1; real 1 each
     assert q["length_words"]["refined"] == {"n": 4, "mean": 1.75, "median": 1.5}
     assert q["length_words"]["base"]["mean"] == 1 and q["length_words"]["real_train"]["mean"] == 1
-    free = output_quality(["a b c"], ["a"], ["one two", "three four five", "six"])  # 3 distinct of 3: free text
+    free = output_quality(["a b c"], ["a"], ["one - two", "three, four five!", "six"])  # free text (3 distinct of 3); "-" is no word
     assert not free["classification"] and "label_share" not in free
-    assert free["length_words"]["real_train"]["mean"] == 2
+    assert free["length_words"]["real_train"]["mean"] == 2 and free["length_words"]["refined"]["median"] == 3
 
 
 def test_examples_kept_selected_first_and_dropped_one_verdict_after_another():
@@ -113,6 +113,9 @@ def test_examples_kept_selected_first_and_dropped_one_verdict_after_another():
     assert [e["verdict"] for e in ex["dropped"]] == ["copies_demo", "duplicate", "duplicate_continuation",
                                                      "empty_input", "multiple_outputs"]
     assert ex["dropped"][2]["input"] is None and ex["dropped"][2]["continuation"] == "gen 2.0"  # what was generated
+    # with 3 more truncated candidates, truncated (4) comes first, then one of each other verdict
+    more = cands + [cand(10 + i, "truncated", 3, i, f"cut {i}", None, finish="length") for i in range(3)]
+    assert [e["verdict"] for e in pick_examples(more, {}, seed="s", k=3)["dropped"]] == ["truncated", "copies_demo", "duplicate"]
     two = pick_examples(cands, {}, seed="s", k=2)
     assert [e["candidate_id"] for e in two["kept"]] == [0, 8]  # the selected ones first
 

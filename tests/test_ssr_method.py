@@ -63,6 +63,25 @@ def test_ssr_end_to_end(task_dir, tiny_model_dir, stopping_model_dir, tmp_path):
         expected = refine(chosen, rehearsed[0]["definition"], HFGenerator(latest, tokenizer, 8), template, 64, 6)
         assert [r["output"] for r in rehearsed] == [o for o in expected if o]
         assert all(r["refined"] for r in rehearsed)
+        # the quality report, written by the run at the end of the task's synthesis
+        quality = json.loads((out / "synthetic" / f"{t}.quality.json").read_text())
+        assert quality["counts"]["generations"] == stats["generations"] and quality["counts"]["rehearsed"] == len(rehearsed)
+        assert quality["counts"]["kept"] == stats["verdict_kept"] and quality["counts"]["selected"] == len(selected)
+        assert quality["fidelity"]["reference"]["tasks"] == TASKS and quality["fidelity"]["selected"]["n"] == len(selected)
+    assert not (out / "synthetic" / "count.quality.json").exists()
+    check_quality_commands(out, tmp_path)
+
+
+def check_quality_commands(out, tmp_path):
+    """`ssr quality` recomputes the same figures elsewhere; `ssr report` shows them, computing none."""
+    written = {t: (out / "synthetic" / f"{t}.quality.json").read_text() for t in TASKS[:2]}
+    assert main(["quality", str(out), "-o", str(tmp_path / "q"), "--force"]) == 0
+    for t in TASKS[:2]:
+        assert json.loads((tmp_path / "q" / "synthetic" / f"{t}.quality.json").read_text()) == json.loads(written[t])
+    assert main(["report", str(out), "-o", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Synthetic data of ssr" in report and "| reverse | 5 | 10 |" in report  # 5 prompts, 10 generations
+    assert {t: (out / "synthetic" / f"{t}.quality.json").read_text() for t in TASKS[:2]} == written  # up to date: untouched
 
 
 def test_ssr_synth_command_on_its_own(task_dir, tiny_model_dir, stopping_model_dir, tmp_path, capsys):
