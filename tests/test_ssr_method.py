@@ -70,6 +70,11 @@ def test_ssr_end_to_end(task_dir, tiny_model_dir, stopping_model_dir, tmp_path):
         assert quality["fidelity"]["reference"]["tasks"] == TASKS and quality["fidelity"]["selected"]["n"] == len(selected)
     assert not (out / "synthetic" / "count.quality.json").exists()
     check_quality_commands(out, tmp_path)
+    # a run stopped between the rehearsal set and its report writes the report when resumed
+    written = (out / "synthetic" / "reverse.quality.json").read_text()
+    (out / "synthetic" / "reverse.quality.json").unlink()
+    run(cfg, out)
+    assert (out / "synthetic" / "reverse.quality.json").read_text() == written
 
 
 def check_quality_commands(out, tmp_path):

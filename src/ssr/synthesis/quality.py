@@ -436,7 +436,11 @@ def _f(v, digits: int = 2) -> str:
 
 
 def _cell(text) -> str:
-    return "–" if text is None or text == "" else str(text).replace("|", "\\|").replace("\n", " ")[:200]
+    """One Markdown table cell: no line breaks or other control characters, pipes escaped, cut."""
+    if text is None or text == "":
+        return "–"
+    flat = "".join(ch if ch.isprintable() else " " for ch in str(text))
+    return flat[:200].replace("|", "\\|")
 
 
 def quality_markdown(label: str, by_task: dict[str, dict]) -> list[str]:
