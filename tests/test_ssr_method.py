@@ -48,6 +48,30 @@ def test_ssr_end_to_end(ssr_run, task_dir):
         for c in candidates:  # every parsed input is cut from its own continuation
             assert c["input"] is None or c["input"] in c["continuation"]
         # (that the rehearsed outputs are the latest model's greedy answers: test_ssr_promises)
+        # the quality report, written by the run at the end of the task's synthesis
+        quality = json.loads((out / "synthetic" / f"{t}.quality.json").read_text())
+        assert quality["counts"]["generations"] == stats["generations"] and quality["counts"]["rehearsed"] == len(rehearsed)
+        assert quality["counts"]["kept"] == stats["verdict_kept"] and quality["counts"]["selected"] == len(selected)
+        assert quality["fidelity"]["reference"]["tasks"] == TASKS and quality["fidelity"]["selected"]["n"] == len(selected)
+    assert not (out / "synthetic" / "count.quality.json").exists()
+    check_quality_commands(out, tmp_path)
+    # a run stopped between the rehearsal set and its report writes the report when resumed
+    written = (out / "synthetic" / "reverse.quality.json").read_text()
+    (out / "synthetic" / "reverse.quality.json").unlink()
+    run(cfg, out)
+    assert (out / "synthetic" / "reverse.quality.json").read_text() == written
+
+
+def check_quality_commands(out, tmp_path):
+    """`ssr quality` recomputes the same figures elsewhere; `ssr report` shows them, computing none."""
+    written = {t: (out / "synthetic" / f"{t}.quality.json").read_text() for t in TASKS[:2]}
+    assert main(["quality", str(out), "-o", str(tmp_path / "q"), "--force"]) == 0
+    for t in TASKS[:2]:
+        assert json.loads((tmp_path / "q" / "synthetic" / f"{t}.quality.json").read_text()) == json.loads(written[t])
+    assert main(["report", str(out), "-o", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Synthetic data of ssr" in report and "| reverse | 5 | 10 |" in report  # 5 prompts, 10 generations
+    assert {t: (out / "synthetic" / f"{t}.quality.json").read_text() for t in TASKS[:2]} == written  # up to date: untouched
 
 
 def test_ssr_synth_command_on_its_own(task_dir, tiny_model_dir, stopping_model_dir, tmp_path, capsys):

@@ -147,13 +147,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dirs = [Path(d) for d in args.run_dirs]
     out = Path(args.output_dir) if args.output_dir else run_dirs[0].parent
     try:
-        report = build_report(run_dirs, out)
+        report = build_report(run_dirs, out, compute_quality=not args.no_compute_quality)
     except FileNotFoundError as err:
         from ssr.errors import SSRError
 
         raise SSRError(str(err)) from None
     print(comparison_table(run_dirs))
     print(f"report: {report}")
+    return 0
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    """The synthetic-data quality of SSR run directories (finished or not), where missing or stale."""
+    from ssr.errors import SSRError
+    from ssr.synthesis.quality import quality_summary, run_quality
+
+    for d in map(Path, args.run_dirs):
+        if not (d / "config.yaml").is_file():
+            raise SSRError(f"{d}: no config.yaml (not a run directory)")
+        out = Path(args.output_dir) / d.name if args.output_dir and len(args.run_dirs) > 1 else args.output_dir
+        by_task = run_quality(d, Path(out) if out else None, force=args.force)
+        if not by_task:
+            print(f"{d}: no synthetic data (not an SSR run, or no task synthesized yet)")
+            continue
+        print(quality_summary(d, by_task))
+        print(f"quality: {(Path(out) if out else d) / 'synthetic'}/<task>.quality.json")
     return 0
 
 
@@ -246,7 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="build a report (tables, heatmaps, curves) over run directories")
     p.add_argument("run_dirs", nargs="+", help="run directories (each with results.json)")
     p.add_argument("--output-dir", "-o", help="where report.md goes (default: the parent of the first run)")
+    p.add_argument("--no-compute-quality", action="store_true",
+                   help="show the synthetic-data quality files SSR runs have, without computing missing ones")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("quality", help="compute the synthetic-data quality of SSR runs "
+                                       "(synthetic/<task>.quality.json), where missing or stale")
+    p.add_argument("run_dirs", nargs="+", help="SSR run directories")
+    p.add_argument("--output-dir", "-o", help="write <dir>/synthetic/<task>.quality.json here instead of into the run "
+                                              "(one subfolder per run when several)")
+    p.add_argument("--force", action="store_true", help="recompute even when up to date")
+    p.set_defaults(func=cmd_quality)
 
     p = sub.add_parser("validate", help="check a config, its data files and the method's plan (no model); "
                                         "print it resolved and what would run")

@@ -2,7 +2,8 @@
 
 For every run: AR / FWT / BWT and wall time in one table, a heatmap of its score matrix, the
 average score over the tasks seen so far after every stage (all runs in one plot), and, for
-SSR runs, a few synthetic instances (input, the base model's output, the refined output).
+SSR runs, a few synthetic instances (input, the base model's output, the refined output) and
+the synthetic-data quality of every task (`ssr.synthesis.quality`; computed where missing).
 """
 
 from __future__ import annotations
@@ -138,8 +139,11 @@ def synthetic_examples(run_dir: Path, per_task: int = 3) -> list[tuple[str, dict
     return out
 
 
-def build_report(run_dirs: list[Path], out_dir: Path, title: str = "Continual instruction tuning report") -> Path:
-    """Write report.md, report.html and the PNGs into `out_dir`; return the Markdown path."""
+def build_report(run_dirs: list[Path], out_dir: Path, title: str = "Continual instruction tuning report",
+                 compute_quality: bool = True) -> Path:
+    """Write report.md, report.html and the PNGs into `out_dir`; return the Markdown path.
+    `compute_quality`: compute the synthetic-data quality files SSR runs lack (else show those there)."""
+    from ssr.synthesis.quality import load_or_compute, quality_markdown
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     for d in run_dirs:
@@ -174,6 +178,9 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "Continual in
             cell = lambda s: "–" if not s else str(s).replace("|", "\\|").replace("\n", " ")[:200]  # noqa: E731
             lines.append(f"| {task} | {cell(row['input'])} | {cell(row.get('base_output'))} | {cell(row['output'])} |")
         lines.append("")
+    for label, r in runs:
+        if r["method"] == "ssr":
+            lines += quality_markdown(label, load_or_compute(Path(r["dir"]), compute_quality))
     md_path = out_dir / "report.md"
     write_text(md_path, "\n".join(lines) + "\n")
     write_text(out_dir / "report.html", markdown_to_html("\n".join(lines), title))

@@ -8,6 +8,7 @@ Files per finished task (all resumable steps of the run):
                                         input, base output, verdict, cluster, selected
     synthetic/<task>.stats.json         counts of prompts, generations and filter verdicts
     synthetic/<task>.jsonl              what is rehearsed (input, refined output, provenance)
+    synthetic/<task>.quality.json       what the synthetic data is like (ssr.synthesis.quality)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ssr.errors import DataError
 from ssr.io import read_jsonl, write_json, write_jsonl
 from ssr.methods.base import RehearsalMethod, Stage
 from ssr.synthesis.pipeline import refine, rehearsal_rows, synthesize
+from ssr.synthesis.quality import ensure_quality, quality_path
 from ssr.synthesis.screen import load_callable
 
 
@@ -89,6 +91,30 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
         return problems
 
     collective = True  # refinement is greedy generation, shared by the processes of a launch
+
+    def pending_after(self, stage: Stage, ctx) -> bool:
+        """Also pending: the quality report of a synthetic set (e.g. a run from before it existed)."""
+        return super().pending_after(stage, ctx) or any(
+            (ctx.run_dir / self.folder / f"{t}.candidates.jsonl").exists() and not quality_path(ctx.run_dir / self.folder, t).exists()
+            for t in stage.tasks)
+
+    def after_stage(self, stage: Stage, ctx) -> None:
+        """The rehearsal set, then its quality report: with the encoder K-means loaded, over the
+        real data already in memory. A failure is logged, not raised: the report is a diagnostic
+        (`ssr quality` computes it later) and must not stop a run."""
+        super().after_stage(stage, ctx)
+        if not ctx.is_main:  # the main process writes every file of a launch
+            return
+        folder = ctx.run_dir / self.folder
+        for name in stage.tasks:
+            if not (folder / f"{name}.candidates.jsonl").exists():
+                continue
+            try:
+                ensure_quality(self.by_name[name], self.tasks, folder, self.cfg.method, seed=self.cfg.seed,
+                               stage_seed=self.cfg.seed + stage.index)
+            except Exception as err:  # noqa: BLE001 - any failure of a diagnostic
+                log.warning("task %s: synthetic-data quality not computed (%s: %s); `ssr quality %s` retries",
+                            name, type(err).__name__, err, ctx.run_dir)
 
     def build_rehearsal(self, task: Task, stage: Stage, ctx) -> list[dict]:
         """Synthesis, filtering and selection (the main process; one sampled stream, as on one
