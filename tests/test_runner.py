@@ -79,11 +79,11 @@ def test_killed_run_resumes_where_it_stopped(task_dir, tiny_model_dir, tmp_path,
     real_train = ssr.runner.train_stage
     calls = []
 
-    def dies_in_stage_2(model, template, rows, cfg, seed, desc, penalty=None):
+    def dies_in_stage_2(model, template, rows, cfg, seed, desc, penalty=None, bf16=None):
         calls.append(desc)
         if "2-upper" in desc:
             raise KeyboardInterrupt("killed")
-        return real_train(model, template, rows, cfg, seed, desc=desc, penalty=penalty)
+        return real_train(model, template, rows, cfg, seed, desc=desc, penalty=penalty, bf16=bf16)
 
     monkeypatch.setattr(ssr.runner, "train_stage", dies_in_stage_2)
     with pytest.raises(KeyboardInterrupt):
@@ -233,7 +233,7 @@ def test_a_run_saved_before_new_config_keys_resumes(task_dir, tiny_model_dir, tm
     raw = tiny_config(task_dir, tiny_model_dir, tasks=("upper",))
     first = run(load_config(None, raw=raw), out)
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    for section, key in (("method", "screen"), ("method", "reg_lambda"), ("train", "bf16")):
+    for section, key in (("method", "screen"), ("method", "reg_lambda"), ("train", "gradient_checkpointing")):
         del saved[section][key]
     del saved["tasks"][0]["language"]
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
