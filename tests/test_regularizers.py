@@ -41,7 +41,7 @@ def _tiny_peft(model_dir):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in params.values():
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            p.copy_(0.1 * torch.randn(p.shape, generator=g).to(p.device))  # the model sits on the GPU where there is one
     return model, params
 
 
@@ -69,8 +69,8 @@ def test_penalty_from_a_stage_file_matches_a_hand_computation(tiny_model_dir, ta
     """The file a stage leaves behind becomes the next stage's loss term over the same weights."""
     model, params = _tiny_peft(tiny_model_dir)
     g = torch.Generator().manual_seed(2)
-    anchors = {n: p.detach() + 0.05 * torch.randn(p.shape, generator=g) for n, p in params.items()}
-    fisher = {n: torch.rand(p.shape, generator=g) for n, p in params.items()}
+    anchors = {n: p.detach() + 0.05 * torch.randn(p.shape, generator=g).to(p.device) for n, p in params.items()}
+    fisher = {n: torch.rand(p.shape, generator=g).to(p.device) for n, p in params.items()}
     state = {f"anchor.{n}": a for n, a in anchors.items()} | {f"fisher.{n}": f for n, f in fisher.items()}
     (tmp_path / "regularizer").mkdir()
     save_file(state, str(tmp_path / "regularizer" / "1-reverse.safetensors"))
@@ -106,7 +106,9 @@ def test_fisher_is_the_mean_squared_gradient_of_single_examples(tiny_model_dir, 
         prompt = template.prompt_ids(row["definition"], row["input"], cfg.max_source_length)
         target = template.target_ids(row["output"], cfg.max_target_length)
         model.zero_grad()
-        model(input_ids=torch.tensor([prompt + target]), labels=torch.tensor([[-100] * len(prompt) + target])).loss.backward()
+        device = next(model.parameters()).device
+        model(input_ids=torch.tensor([prompt + target], device=device),
+              labels=torch.tensor([[-100] * len(prompt) + target], device=device)).loss.backward()
         for n, p in params.items():
             direct[n] += p.grad**2
     assert fisher.keys() == params.keys()
@@ -234,14 +236,16 @@ def test_osf_end_to_end_through_peft(task_dir, tiny_model_dir, tmp_path):
     # stage 3 is base + adapter 1 merged + adapter 2 merged + adapter 3, rebuilt here by hand
     cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "osf"))
     plan = [Stage(i, f"{i}-{t}", (t,), fresh=i == 1) for i, t in enumerate(TASKS, 1)]
-    x = torch.tensor([[5, 17, 42, 8, 99, 3]])
     with torch.no_grad():
-        runner_logits = ModelState(cfg, out).load_after(plan[-1], plan[:-1])(input_ids=x).logits
-        by_hand = load_base_model(str(tiny_model_dir))
+        runner_model = ModelState(cfg, out).load_after(plan[-1], plan[:-1])
+        device = next(runner_model.parameters()).device  # the GPU where there is one
+        x = torch.tensor([[5, 17, 42, 8, 99, 3]], device=device)
+        runner_logits = runner_model(input_ids=x).logits
+        by_hand = load_base_model(str(tiny_model_dir)).to(device)
         for stage in plan:
             by_hand = PeftModel.from_pretrained(by_hand, str(out / "stages" / stage.name / "adapter")).merge_and_unload()
         torch.testing.assert_close(runner_logits, by_hand(input_ids=x).logits, rtol=1e-4, atol=1e-5)
-        last_only = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(out / "stages" / "3-count" / "adapter"))
+        last_only = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)).to(device), str(out / "stages" / "3-count" / "adapter"))
         assert not torch.allclose(runner_logits, last_only(input_ids=x).logits, atol=1e-5)  # the chain matters
 
     # reloading that chain from disk gives the predictions the in-memory model gave

@@ -97,7 +97,7 @@ class Regularizer:
                     p.requires_grad_(flags[n])
             if self.cfg.fisher_accumulate and previous is not None:
                 before = load_file(self.state_path(ctx, previous))
-                fisher = {n: f + before[f"fisher.{n}"] for n, f in fisher.items()}
+                fisher = {n: f + before[f"fisher.{n}"].to(f.device) for n, f in fisher.items()}  # the file is on the CPU
             state |= {f"fisher.{n}": f.cpu().contiguous() for n, f in fisher.items()}
         with atomic_path(self.state_path(ctx, stage)) as tmp:
             save_file(state, str(tmp), metadata={"kind": self.kind, "stage": stage.name})
