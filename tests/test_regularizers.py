@@ -82,13 +82,13 @@ def test_penalty_from_a_stage_file_matches_a_hand_computation(tiny_model_dir, ta
     value.backward()
     expected, grads = 0.0, {}
     for n, p in params.items():  # numpy, float64: λ Σ w (p − a)², gradient 2 λ w (p − a)
-        diff = p.detach().numpy().astype(np.float64) - anchors[n].numpy()
-        w = fisher[n].numpy().astype(np.float64) if kind == "ewc" else 1.0
+        diff = p.detach().cpu().numpy().astype(np.float64) - anchors[n].cpu().numpy()
+        w = fisher[n].cpu().numpy().astype(np.float64) if kind == "ewc" else 1.0
         expected += 0.3 * float((w * diff**2).sum())
         grads[n] = 2 * 0.3 * w * diff
     assert value.item() == pytest.approx(expected, rel=1e-5)
     for n, p in params.items():
-        np.testing.assert_allclose(p.grad.numpy(), grads[n], rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(p.grad.cpu().numpy(), grads[n], rtol=1e-4, atol=1e-8)
 
 
 def test_fisher_is_the_mean_squared_gradient_of_single_examples(tiny_model_dir, task_dir):

@@ -81,5 +81,5 @@ def test_training_refuses_zero_rows(tiny_model_dir):
 
     model = attach_lora(load_base_model(str(tiny_model_dir)), LoraSettings(r=2, alpha=4, dropout=0.0), seed=0)
     template = get_template("raw", load_tokenizer(str(tiny_model_dir)))
-    with pytest.raises(ValueError, match="0 training rows"), hang_guard(60):  # it used to loop forever
+    with pytest.raises(ValueError, match="no training rows"), hang_guard(60):  # it used to loop forever
         train_stage(model, template, [], TrainConfig(epochs=1, batch_size=2, grad_accum=1), seed=0)

@@ -5,7 +5,9 @@ from collections import Counter
 
 from conftest import SSR_OPTS, tiny_config
 from ssr.cli import main
+from ssr.config import load_config
 from ssr.io import read_jsonl
+from ssr.runner import run
 
 TASKS = ["reverse", "upper", "count"]
 
@@ -17,7 +19,7 @@ def ssr_opts(stopping_model_dir) -> dict:
     return {**SSR_OPTS, "icl_model": str(stopping_model_dir)}
 
 
-def test_ssr_end_to_end(ssr_run, task_dir):
+def test_ssr_end_to_end(ssr_run, task_dir, tmp_path):
     out, _ = ssr_run
     results = json.loads((out / "results.json").read_text())
     assert len(results["scores"]) == 4 and results["BWT"] is not None
@@ -58,7 +60,7 @@ def test_ssr_end_to_end(ssr_run, task_dir):
     # a run stopped between the rehearsal set and its report writes the report when resumed
     written = (out / "synthetic" / "reverse.quality.json").read_text()
     (out / "synthetic" / "reverse.quality.json").unlink()
-    run(cfg, out)
+    run(load_config(str(out / "config.yaml")), out)  # the shared run, resumed: only the report is missing
     assert (out / "synthetic" / "reverse.quality.json").read_text() == written
 
 
