@@ -170,3 +170,20 @@ def ssr_run(task_dir, tiny_model_dir, stopping_model_dir, tmp_path_factory) -> t
     raw = tiny_config(task_dir, tiny_model_dir, "ssr", **SSR_OPTS, icl_model=str(stopping_model_dir))
     run(load_config(None, raw=raw), out)
     return out, raw
+
+
+def greedy_raw_by_hand(model, tokenizer, definition: str, inputs: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers through the `raw` template written out by hand (README: `{definition}\\n\\nInput:
+    {input}\\nOutput:` with the tokenizer's own special tokens), one prompt at a time, by
+    transformers' own greedy search: a reference independent of the project's generators."""
+    import torch
+
+    outputs = []
+    with torch.no_grad():
+        for x in inputs:
+            ids = tokenizer(f"{definition}\n\nInput: {x}\nOutput:", add_special_tokens=True, return_tensors="pt")["input_ids"]
+            ids = ids.to(model.device)
+            new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
+            outputs.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+    return outputs

@@ -7,7 +7,7 @@ import pytest
 from peft import PeftModel
 
 import ssr.runner
-from conftest import tiny_config
+from conftest import greedy_raw_by_hand, tiny_config
 from ssr.config import load_config
 from ssr.errors import RunDirError
 from ssr.evaluation import continual_metrics, score_predictions
@@ -124,19 +124,6 @@ def test_a_changed_config_is_refused(task_dir, tiny_model_dir, tmp_path):
     run(load_config(None, raw=cfg), out)
 
 
-def _greedy_raw(model, tokenizer, definition: str, inputs: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers through the `raw` template written out by hand, one prompt at a time."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for x in inputs:
-            ids = tokenizer(f"{definition}\n\nInput: {x}\nOutput:", add_special_tokens=True, return_tensors="pt")["input_ids"]
-            new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
-            out.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-    return out
-
 
 def test_new_adapter_per_stage(task_dir, tiny_model_dir, tmp_path):
     """`train.adapter: new`: stage 2's model is the base with stage 1's adapter merged into its
@@ -156,8 +143,8 @@ def test_new_adapter_per_stage(task_dir, tiny_model_dir, tmp_path):
     chained = PeftModel.from_pretrained(merged, adapters[1]).eval()
     alone = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), adapters[1]).eval()
     inputs = [r["input"] for r in rows]
-    expected = _greedy_raw(chained, tok, definition, inputs, 6)
-    assert expected != _greedy_raw(alone, tok, definition, inputs, 6)  # without the merge it would show
+    expected = greedy_raw_by_hand(chained, tok, definition, inputs, 6)
+    assert expected != greedy_raw_by_hand(alone, tok, definition, inputs, 6)  # without the merge it would show
     assert [r["prediction"] for r in rows] == expected
 
 

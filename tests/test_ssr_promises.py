@@ -20,9 +20,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import SSR_OPTS, tiny_config
+from conftest import SSR_OPTS, greedy_raw_by_hand, tiny_config
 from ssr.config import load_config
 from ssr.generation import HFGenerator, SamplingParams
 from ssr.io import read_jsonl
@@ -86,18 +85,6 @@ def test_icl_model_writes_the_synthetic_instances_when_set(ssr_run, tiny_model_d
     assert base != icl and saved == icl
 
 
-def _greedy_by_hand(model, tokenizer, definition: str, inputs: list[str], max_new_tokens: int) -> list[str]:
-    """The `raw` training template written out (README: `{definition}\\n\\nInput: {input}\\nOutput:`
-    with the tokenizer's own special tokens), one prompt at a time, transformers' greedy search."""
-    outputs = []
-    with torch.no_grad():
-        for x in inputs:
-            ids = tokenizer(f"{definition}\n\nInput: {x}\nOutput:", add_special_tokens=True, return_tensors="pt")["input_ids"]
-            new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
-            outputs.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-    return outputs
-
 
 def test_the_latest_model_refines_greedily_through_the_training_template(ssr_run, tiny_model_dir):
     out, raw = ssr_run
@@ -109,8 +96,8 @@ def test_the_latest_model_refines_greedily_through_the_training_template(ssr_run
         assert selected and rehearsed
         definition = json.loads((Path(raw["data"]["dir"]) / f"{task}.train.jsonl").read_text().splitlines()[0])["full_prompt"].split("\n\n")[0]
         latest = _with_adapter(tiny_model_dir, out / "stages" / f"{i}-{task}" / "adapter")
-        expected = _greedy_by_hand(latest, tok, definition, [c["input"] for c in selected], raw["eval"]["max_new_tokens"])
-        base = _greedy_by_hand(load_base_model(str(tiny_model_dir)), tok, definition, [c["input"] for c in selected],
+        expected = greedy_raw_by_hand(latest, tok, definition, [c["input"] for c in selected], raw["eval"]["max_new_tokens"])
+        base = greedy_raw_by_hand(load_base_model(str(tiny_model_dir)), tok, definition, [c["input"] for c in selected],
                                raw["eval"]["max_new_tokens"])
         assert expected != base  # refinement by θ(0) would show
         # empty answers teach nothing and are dropped; the rest, in selection order
