@@ -470,7 +470,8 @@ def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str]) -> dict[str,
     cfg = ctx.cfg
     for name in tasks:
         path = pred_dir / f"{name}.jsonl"
-        if not path.exists():
+        fresh = not path.exists()
+        if fresh:
             task = next(t for t in ctx.tasks if t.name == name)
             if ctx.is_main:
                 log.info("stage %s, task %s: evaluating", stage.name, name)
@@ -479,9 +480,9 @@ def evaluate_stage(ctx: RunContext, stage: Stage, tasks: list[str]) -> dict[str,
                                          [(i.definition, i.input) for i in task.eval], cfg.train.max_source_length,
                                          task.max_new_tokens, desc=f"eval {task.name}")
                 ctx.write(lambda: write_jsonl(path, score_rows(task.eval, answers, cfg.eval.scorer, task.language)))
-            if ctx.is_main:
-                log.info("stage %s, task %s: ROUGE-L %.2f", stage.name, name, score_predictions(read_jsonl(path))["rougeL"])
         scores[name] = score_predictions(read_jsonl(path))["rougeL"]
+        if fresh and ctx.is_main:
+            log.info("stage %s, task %s: ROUGE-L %.2f", stage.name, name, scores[name])
     return scores
 
 
