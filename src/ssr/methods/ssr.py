@@ -38,6 +38,7 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
     name = "ssr"
     source = "synthetic"
     folder = "synthetic"
+    collective = True  # refinement is greedy generation, shared by the processes of a launch
 
     def demos_for(self, task: Task):
         override = (self.cfg.method.demos_override or {}).get(task.name)
@@ -89,8 +90,6 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
             problems.append(self.cfg.problem(("method", "screen", "classifier"),
                                              f"{screen.classifier} is not a model directory (no config.json)"))
         return problems
-
-    collective = True  # refinement is greedy generation, shared by the processes of a launch
 
     def pending_after(self, stage: Stage, ctx) -> bool:
         """Also pending: the quality report of a synthetic set (e.g. a run from before it existed)."""
