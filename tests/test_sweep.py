@@ -73,3 +73,19 @@ def test_metrics_schedule_gives_the_full_matrix_metrics(task_dir, tiny_model_dir
     assert lean["scores"][3] == full["scores"][3] and lean["scores"][0] == full["scores"][0]
     count = [json.loads(x) for x in (tmp_path / "lean" / "stages" / "3-count" / "predictions" / "count.jsonl").read_text().splitlines()]
     assert all(len(r["prediction"].split()) <= 1 for r in count)  # tasks[].max_new_tokens = 1
+
+
+def test_order_labels_keep_a_runs_path_whatever_else_the_sweep_holds(task_dir, tiny_model_dir, tmp_path):
+    """The benchmark adds orders over several invocations: a run's folder (and so its cache)
+    must not move when the sweep holds one order instead of three."""
+    from ssr.sweep import plan_sweep
+
+    config = _config_file(task_dir, tiny_model_dir, tmp_path / "c.yaml")
+    out = tmp_path / "bench"
+    alone = plan_sweep(config, ["sequential"], [("count", "upper", "reverse")], None, out, order_labels=["order-3"])
+    together = plan_sweep(config, ["sequential"], [("reverse", "upper", "count"), ("count", "upper", "reverse")], None, out,
+                          order_labels=["order-1", "order-3"])
+    assert alone[0][0].path == together[1][0].path == out / "order-3" / f"seed-{alone[0][1].seed}" / "sequential"
+    with pytest.raises(ConfigError, match="1 order labels for 2 orders"):
+        plan_sweep(config, ["sequential"], [("reverse", "upper", "count"), ("count", "upper", "reverse")], None, out,
+                   order_labels=["order-1"])

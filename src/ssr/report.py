@@ -150,8 +150,9 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "Continual in
         results = load_run(Path(d))
         runs.append((run_label(results, (Path(d) / "config.yaml").read_text()), results))
     labels = [lab for lab, _ in runs]
-    if len(set(labels)) < len(labels):  # same method twice (orders, seeds): name by folder
-        runs = [(f"{lab} [{Path(r['dir']).name}]", r) for lab, r in runs]
+    if len(set(labels)) < len(labels):  # same method twice (orders, seeds): name by folder, as far up as tells them apart
+        depth = next((k for k in range(1, 6) if len({Path(r["dir"]).parts[-k:] for _, r in runs}) == len(runs)), 5)
+        runs = [(f"{lab} [{'/'.join(Path(r['dir']).parts[-depth:])}]", r) for lab, r in runs]
 
     lines = [f"# {title}", "", f"Tasks, in order: {', '.join(runs[0][1]['tasks'])}. Scores are ROUGE-L × 100.", "",
              "| run | AR | FWT | BWT | wall time |", "|---|---:|---:|---:|---:|"]

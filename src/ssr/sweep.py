@@ -42,6 +42,11 @@ VARIANTS: dict[str, dict[str, object]] = {
     "ewc": {"name": "ewc"},
     "osf": {"name": "osf"},
     "ssr-ewc": {"name": "ssr", "ratio": 0.1, "regularizer": "ewc"},
+    # the paper's ablations of SSR (its Table 4): one switch each
+    "ssr-no-refine": {"name": "ssr", "ratio": 0.1, "refine": False},
+    "ssr-random": {"name": "ssr", "ratio": 0.1, "selection": "random"},
+    "ssr-supervised": {"name": "ssr", "ratio": 0.1, "kmeans_fit": "demos"},
+    "ssr-input-demos": {"name": "ssr", "ratio": 0.1, "demo_outputs": False},
     "mtl": {"name": "mtl"},
     "single": {"name": "single"},
 }
@@ -56,6 +61,10 @@ PAPER_LABELS = {
     "ewc": "EWC",
     "osf": "OSF (PEFT)",
     "ssr-ewc": "SSR + EWC",
+    "ssr-no-refine": "SSR w/o refinement",
+    "ssr-random": "SSR, random instead of K-means selection",
+    "ssr-supervised": "SSR, supervised K-means (centroids from the demos)",
+    "ssr-input-demos": "SSR, input-only demonstrations",
     "mtl": "MTL",
     "single": "Single-task",
 }
@@ -97,30 +106,40 @@ def reorder(cfg: RunConfig, order: tuple[str, ...], seed: int) -> RunConfig:
 
 
 def plan_sweep(config: str | Path, variants: list[str], orders: list[tuple[str, ...]] | None,
-               seeds: list[int] | None, out: Path, overrides: list[str] | None = None) -> list[tuple[SweepRun, RunConfig]]:
-    """Every (variant, order, seed) with its validated config, continual variants first within a group."""
+               seeds: list[int] | None, out: Path, overrides: list[str] | None = None,
+               order_labels: list[str] | None = None) -> list[tuple[SweepRun, RunConfig]]:
+    """Every (variant, order, seed) with its validated config, continual variants first within a group.
+
+    `order_labels` names each order's folder (`<out>/<label>/seed-<s>/<variant>`) whatever the
+    number of orders and seeds, so that runs keep their paths, and their cache, when a later
+    invocation adds orders or seeds (the benchmark's `order-3` is the paper's order 3 either way).
+    """
     overrides = overrides or []
     settings = {v: variant_overrides(v) for v in variants}  # unknown names fail here, before any work
     base = load_config(config, overrides)
     orders = orders or [tuple(t.name for t in base.tasks)]
     seeds = seeds or [base.seed]
-    flat = len(orders) == 1 and len(seeds) == 1
+    if order_labels is not None and len(order_labels) != len(orders):
+        raise ConfigError(f"{len(order_labels)} order labels for {len(orders)} orders")
+    flat = order_labels is None and len(orders) == 1 and len(seeds) == 1
+    labels = order_labels or [f"order-{k}" for k in range(1, len(orders) + 1)]
     ranked = sorted(variants, key=lambda v: VARIANTS[v]["name"] not in CONTINUAL)  # stable: given order otherwise
     planned = []
-    for k, order in enumerate(orders, 1):
+    for label, order in zip(labels, orders):
         for seed in seeds:
             for variant in ranked:
                 cfg = reorder(load_config(config, [*overrides, *settings[variant]]), order, seed)
-                path = out / variant if flat else out / f"order-{k}" / f"seed-{seed}" / variant
-                planned.append((SweepRun(variant, order, f"order-{k}", seed, path), cfg))
+                path = out / variant if flat else out / label / f"seed-{seed}" / variant
+                planned.append((SweepRun(variant, order, label, seed, path), cfg))
     return planned
 
 
 def run_sweep(config: str | Path, variants: list[str], out: str | Path, orders: list[tuple[str, ...]] | None = None,
-              seeds: list[int] | None = None, overrides: list[str] | None = None, echo=print) -> list[dict]:
+              seeds: list[int] | None = None, overrides: list[str] | None = None, echo=print,
+              order_labels: list[str] | None = None) -> list[dict]:
     """Run (or resume) every run of the sweep; write sweep.json and the summary; return the summaries."""
     out = Path(out)
-    planned = plan_sweep(config, variants, orders, seeds, out, overrides)
+    planned = plan_sweep(config, variants, orders, seeds, out, overrides, order_labels)
     sweep_dir = RunDir(out)
     sweep_dir.check()
     for _, cfg in planned:  # every run's data and plan, before the first one starts
