@@ -63,6 +63,17 @@ def test_runs_on_different_rows_are_refused(tmp_path: Path, two_runs):
         paired_difference(a, other, "AR")
 
 
+def test_compare_command_prints_each_difference_and_refuses_a_non_run(tmp_path: Path, two_runs, capsys):
+    from ssr.cli import main
+
+    a, b = two_runs
+    assert main(["compare", str(a), str(b)]) == 0
+    printed = capsys.readouterr().out
+    assert "AR     +2.50 ± 9.01   (not resolved" in printed and "BWT   +25.00 ± 5.00   (resolved" in printed
+    assert main(["compare", str(a), str(tmp_path / "nowhere")]) != 0
+    assert "not a run directory" in capsys.readouterr().err
+
+
 def test_missing_predictions_name_the_file(tmp_path: Path, two_runs):
     a, _ = two_runs
     partial = write_run(tmp_path / "d", {"0-base": {}, "1-x": {}, "2-y": {"x": [0.2, 0.6], "y": [0.8, 0.3]}})

@@ -186,6 +186,17 @@ def comparison_table(run_dirs) -> str:
     return "\n".join(lines)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ssr.compare import paired_difference
+
+    print(f"{args.run_a} minus {args.run_b}, paired over the same evaluation rows (± standard error):")
+    for metric in ("AR", "FWT", "BWT"):
+        diff, se = paired_difference(args.run_a, args.run_b, metric)
+        verdict = "resolved" if abs(diff) > 2 * se else "not resolved"
+        print(f"  {metric:<4}{diff:+8.2f} ± {se:.2f}   ({verdict} at two standard errors)")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """A dry run: the config, every data file and the method's plan, no model. Prints the
     resolved config and what `ssr run` would do."""
@@ -275,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(one subfolder per run when several)")
     p.add_argument("--force", action="store_true", help="recompute even when up to date")
     p.set_defaults(func=cmd_quality)
+
+    p = sub.add_parser("compare", help="difference of AR / FWT / BWT between two runs of the same tasks, "
+                                       "with its standard error over the paired evaluation rows")
+    p.add_argument("run_a", help="run directory")
+    p.add_argument("run_b", help="run directory evaluated on the same rows (e.g. another method, same order)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("validate", help="check a config, its data files and the method's plan (no model); "
                                         "print it resolved and what would run")

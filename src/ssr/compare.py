@@ -25,6 +25,8 @@ Metric = Literal["AR", "BWT", "FWT"]
 
 def stage_dirs(run_dir: Path) -> list[Path]:
     """`stages/<k>-<name>` of a run in stage order (index 0 = the base model)."""
+    if not (Path(run_dir) / "stages").is_dir():
+        raise SSRError(f"{run_dir}: not a run directory (no stages/ folder)")
     found = [d for d in (Path(run_dir) / "stages").iterdir() if d.is_dir() and d.name.split("-")[0].isdigit()]
     return sorted(found, key=lambda d: int(d.name.split("-")[0]))
 
