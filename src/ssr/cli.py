@@ -265,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--output-dir", "-o", required=True, help="sweep directory (rerun the same command to resume)")
     p.add_argument("--methods", help="comma-separated variants: sequential, replay-random-1, replay-kmeans-1, "
-                                     "replay-random-10, replay-kmeans-10, ssr, mtl, single, l2, ewc, osf, ssr-ewc "
-                                     "(default: the paper's Table 1 rows, all but single and the last four)")
+                                     "replay-random-10, replay-kmeans-10, ssr, mtl, single, l2, ewc, osf, ssr-ewc, "
+                                     "and SSR's ablations ssr-no-refine, ssr-random, ssr-supervised, ssr-input-demos "
+                                     "(default: the paper's Table 1 rows)")
     p.add_argument("--order", action="append", default=[], metavar="T1,T2,...",
                    help="a task order (comma-separated task names, repeatable; default: the config's order)")
     p.add_argument("--seeds", metavar="S1,S2,...", help="comma-separated seeds (default: the config's seed)")
