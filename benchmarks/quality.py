@@ -171,7 +171,7 @@ def section(out: Path, command: str, started: str, overrides: list[str]) -> str:
                   "evaluation rows (`ssr.compare.paired_difference`); `*` marks a difference larger than two standard errors.",
                   "",
                   "| method | order | AR − SSR | BWT − SSR |", "|---|---:|---:|---:|"]
-        for variant in [v for v in runs if v != "ssr"]:
+        for variant in [v for v in shown if v != "ssr"]:
             for (order, seed), run_dir in sorted(runs[variant].items()):
                 ssr_run = runs["ssr"].get((order, seed))
                 if ssr_run is None:
