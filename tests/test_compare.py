@@ -74,6 +74,17 @@ def test_compare_command_prints_each_difference_and_refuses_a_non_run(tmp_path: 
     assert "not a run directory" in capsys.readouterr().err
 
 
+def test_a_one_stage_run_compares_by_ar_only(tmp_path: Path, two_runs):
+    """mtl trains every task in one stage: its AR pairs with a sequence run's, its BWT does not exist."""
+    a, _ = two_runs
+    mtl = write_run(tmp_path / "mtl", {"0-base": {}, "1-mtl": {"x": [0.6, 0.6], "y": [0.5, 0.5]}})
+    (mtl / "results.json").write_text(json.dumps({"tasks": ["x", "y"]}))
+    # rows: x (60-40, 60-60) = (20, 0), y (50-90, 50-10) = (-40, 40): means 10 and 0, variances 200 and 3200
+    assert paired_difference(mtl, a, "AR") == (pytest.approx(5.0), pytest.approx(math.sqrt(100 + 1600) / 2))
+    with pytest.raises(SSRError, match="one stage per task"):
+        paired_difference(mtl, a, "BWT")
+
+
 def test_missing_predictions_name_the_file(tmp_path: Path, two_runs):
     a, _ = two_runs
     partial = write_run(tmp_path / "d", {"0-base": {}, "1-x": {}, "2-y": {"x": [0.2, 0.6], "y": [0.8, 0.3]}})

@@ -41,16 +41,29 @@ def row_scores(stage_dir: Path, task: str) -> tuple[list[str], list[float]]:
     return [r["id"] for r in rows], [100 * r["rougeL"] for r in rows]
 
 
+def trained_tasks(run_dir: Path, stages: list[Path]) -> list[str]:
+    """The tasks AR / FWT / BWT average over: the run's tasks less those learnt before stage 1
+    (from results.json), else one per stage after the base."""
+    results = Path(run_dir) / "results.json"
+    if results.exists():
+        r = json.loads(results.read_text(encoding="utf-8"))
+        return list(r["tasks"][len(r.get("learnt") or {}):])
+    return [d.name.split("-", 1)[1] for d in stages[1:]]
+
+
 def metric_terms(run_dir: Path, metric: Metric) -> dict[str, tuple[list[str], list[float]]]:
     """task -> (row ids, per-row term) whose mean over rows, then over tasks, is the run's metric."""
     stages = stage_dirs(run_dir)
-    trained = [d.name.split("-", 1)[1] for d in stages[1:]]
+    trained = trained_tasks(run_dir, stages)
     last = stages[-1]
+    if metric == "AR":
+        return {task: row_scores(last, task) for task in trained}
+    if [d.name.split("-", 1)[1] for d in stages[1:]] != trained:  # e.g. mtl: one stage for every task
+        raise SSRError(f"{run_dir}: {metric} needs one stage per task; its stages are "
+                       f"{', '.join(d.name for d in stages)}")
     terms: dict[str, tuple[list[str], list[float]]] = {}
     for i, task in enumerate(trained, 1):  # task i is learnt in stage i
-        if metric == "AR":
-            terms[task] = row_scores(last, task)
-        elif metric == "BWT" and i < len(trained):
+        if metric == "BWT" and i < len(trained):
             ids, final = row_scores(last, task)
             ids_then, then = row_scores(stages[i], task)
             if ids != ids_then:
@@ -82,4 +95,4 @@ def paired_difference(run_a: str | Path, run_b: str | Path, metric: Metric = "AR
     return statistics.fmean(means), math.sqrt(sum(variances)) / len(means)
 
 
-__all__ = ["Metric", "stage_dirs", "row_scores", "metric_terms", "paired_difference"]
+__all__ = ["Metric", "stage_dirs", "row_scores", "trained_tasks", "metric_terms", "paired_difference"]
