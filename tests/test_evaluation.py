@@ -1,7 +1,8 @@
 import pytest
 
 from ssr.data.task import Instance, detect_language
-from ssr.evaluation import UnicodeWordTokenizer, continual_metrics, exact_match, normalize_answer, rouge_l
+from ssr.evaluation import (UnicodeWordTokenizer, continual_metrics, exact_match, learnt_retention, normalize_answer, rouge_l,
+                            score_predictions, score_rows)
 
 
 def test_rouge_l_superni_conventions():
@@ -58,3 +59,38 @@ def test_metrics_with_one_task_or_missing_rows():
     assert continual_metrics([[1.0], [2.0]]) == {"AR": 2.0, "FWT": None, "BWT": None}
     m = continual_metrics([[1, 2], [None, None], [3, 5]])
     assert m["AR"] == 4 and m["FWT"] is None and m["BWT"] is None
+
+
+def test_two_tasks_give_fwt_and_bwt_and_a_missing_final_score_gives_no_ar():
+    # T = 2, the smallest sequence with a transfer term: FWT = a_2(1), BWT = a_1(2) - a_1(1)
+    assert continual_metrics([[10, 20], [50, 30], [40, 70]]) == {"AR": 55.0, "FWT": 30.0, "BWT": -10.0}
+    assert continual_metrics([[10, 20], [50, 30], [40, None]])["AR"] is None
+
+
+def test_normalisation_keeps_one_space_between_words():
+    assert normalize_answer("  Two\twords \n here ") == "two words here"
+
+
+def test_an_unknown_scorer_is_named_in_the_error():
+    with pytest.raises(ValueError, match="unknown scorer 'bleu'"):
+        rouge_l("a", ["a"], scorer="bleu")
+
+
+def test_rows_score_each_answer_against_every_reference_and_average_to_percent():
+    instances = [Instance("a", "in a", "the cat sat", "d"), Instance("b", "in b", "yes", "d", references=("yes", "no"))]
+    rows = score_rows(instances, ["the cat", "No."])
+    # "the cat" vs "the cat sat": LCS 2, precision 2/2, recall 2/3, F = 0.8; "No." matches the reference "no"
+    assert [(r["id"], r["target"], r["prediction"]) for r in rows] == [("a", "the cat sat", "the cat"), ("b", "yes", "No.")]
+    assert [r["rougeL"] for r in rows] == [pytest.approx(0.8), 1.0]
+    assert [r["exact_match"] for r in rows] == [0.0, 1.0]
+    assert score_predictions(rows) == {"rougeL": pytest.approx(90.0), "exact_match": 50.0, "n": 2}
+    assert score_predictions([]) == {"rougeL": 0.0, "exact_match": 0.0, "n": 0}
+    with pytest.raises(ValueError):  # one answer per instance, never silently fewer
+        score_rows(instances, ["only one"])
+
+
+def test_learnt_tasks_retention_is_before_after_and_change():
+    scores = [[40.0, 5.0, 6.0], [35.0, 20.0, 7.0], [30.0, 18.0, 25.0]]
+    assert learnt_retention(scores, ["general", "x", "y"], learnt=1) == {
+        "general": {"before": 40.0, "after": 30.0, "change": -10.0}}
+    assert learnt_retention([[None, 1.0], [2.0, 3.0]], ["general", "x"], learnt=1)["general"]["change"] is None
