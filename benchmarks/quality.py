@@ -181,6 +181,19 @@ def section(out: Path, command: str, started: str, overrides: list[str]) -> str:
                              f"{paired(run_dir, ssr_run, 'AR')} | {bwt} |")
         lines.append("")
 
+    for order in orders:
+        for variant in [v for v in ("sequential", "ssr") if v in runs]:
+            run_dir = next((d for (o, _), d in sorted(runs[variant].items()) if o == order), None)
+            if run_dir is None:
+                continue
+            r = result(run_dir)
+            lines += [f"Score matrix of {PAPER_LABELS[variant]}, order {order} (row = after that stage; · = not evaluated under "
+                      f"`eval.schedule: metrics`, which evaluates only what AR / FWT / BWT read):", "",
+                      "| after | " + " | ".join(r["tasks"]) + " |", "|---|" + "---:|" * len(r["tasks"])]
+            for stage, row in zip(["base", *r["tasks"]], r["scores"]):
+                lines.append(f"| {stage} | " + " | ".join("·" if v is None else f"{v:.2f}" for v in row) + " |")
+            lines.append("")
+
     lines += ["### Each task's score after the last stage (ROUGE-L, mean over the orders run)", "",
               "| method | " + " | ".join(t.name for t in cfg.tasks) + " |", "|---|" + "---:|" * len(cfg.tasks)]
     for variant in shown + [v for v in ABLATIONS if v in runs]:
