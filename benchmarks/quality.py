@@ -15,6 +15,7 @@ quality per task and the wall time per method, next to the paper's Llama-2-7b fi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import statistics
@@ -71,7 +72,9 @@ def collect(out: Path) -> dict[str, dict[tuple[int, int], Path]]:
     return runs
 
 
+@functools.cache
 def result(run_dir: Path) -> dict:
+    """A finished run's results.json, read once (every table of the section reads it)."""
     return json.loads((run_dir / "results.json").read_text())
 
 
