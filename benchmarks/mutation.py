@@ -194,6 +194,18 @@ def update_markdown(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+def recount(modules: list[str], previous: dict, json_path: Path) -> None:
+    """`--tally-only`: refresh the counts of modules already run from mutmut's cache (nothing rerun)."""
+    for module in modules:
+        work = ROOT / "runs" / "mutation" / module
+        if module in previous:
+            previous[module].update(tally(module, work))
+            if "finished" not in previous[module] and (work / "mutmut-run.log").exists():  # runs from before the field
+                finished = datetime.fromtimestamp((work / "mutmut-run.log").stat().st_mtime, timezone.utc)
+                previous[module]["finished"] = finished.strftime("%Y-%m-%d %H:%M")
+    json_path.write_text(json.dumps(previous, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", default=",".join(MODULES), help=f"comma-separated, of {', '.join(MODULES)}")
@@ -207,15 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown modules {unknown}; known: {list(MODULES)}")
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
-    for module in modules if args.tally_only else []:
-        work = ROOT / "runs" / "mutation" / module
-        if module in previous:
-            previous[module].update(tally(module, work))
-            if "finished" not in previous[module] and (work / "mutmut-run.log").exists():  # runs from before the field
-                finished = datetime.fromtimestamp((work / "mutmut-run.log").stat().st_mtime, timezone.utc)
-                previous[module]["finished"] = finished.strftime("%Y-%m-%d %H:%M")
     if args.tally_only:
-        args.json.write_text(json.dumps(previous, indent=2))
+        recount(modules, previous, args.json)
     for module in [] if args.tally_only else modules:
         print(f"== mutating {module}: {', '.join(MODULES[module][0])}", flush=True)
         result = run_module(module)
