@@ -246,6 +246,23 @@ def section(out: Path, command: str, started: str, overrides: list[str]) -> str:
     return "\n".join(lines)
 
 
+def serving_overrides(out: Path, order: int, overrides: list[str]) -> list[str]:
+    """`overrides`, plus the vLLM serving mode the order's earlier runs used, if any ran: its
+    methods are compared row by row, so they must be served alike (runs made before
+    `generation.vllm_adapters` existed served LoRA; the default on CPUs is now merged)."""
+    import yaml
+
+    from ssr.config import with_legacy_defaults
+
+    if any(o.startswith("generation.vllm_adapters=") for o in overrides):
+        return overrides
+    for saved in sorted((out / f"order-{order}").glob("seed-*/*/config.yaml")):
+        mode = with_legacy_defaults(yaml.safe_load(saved.read_text()))["generation"]["vllm_adapters"]
+        if mode != "auto":
+            return [*overrides, f"generation.vllm_adapters={mode}"]
+    return overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", default="1", help="paper orders, comma-separated: 1, 2, 3 (default 1)")
@@ -272,7 +289,8 @@ def main() -> None:
         for order in orders:
             variants = everywhere + (order_1_extra if order == 1 else [])
             run_sweep(CONFIG, list(dict.fromkeys(variants)), args.output_dir, [PAPER_ORDERS[order]],
-                      seeds, args.overrides, echo=echo, order_labels=[f"order-{order}"])
+                      seeds, serving_overrides(args.output_dir, order, args.overrides), echo=echo,
+                      order_labels=[f"order-{order}"])
     runs = collect(args.output_dir)
     report = build_report([d for by in runs.values() for d in by.values()], args.output_dir,
                           title="ssr benchmark: SuperNI, 5 tasks, SmolLM2-135M-Instruct")

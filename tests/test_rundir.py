@@ -24,6 +24,7 @@ RESULT_KEYS = [
     (("model", "template"), "vanilla"),
     (("model", "dtype"), "bfloat16"),
     (("generation", "backend"), "vllm"),
+    (("generation", "vllm_adapters"), "lora"),
     (("data", "max_train_examples"), 5),
     (("data", "skip_bad_rows"), True),
     (("tasks", 0, "name"), "renamed"),
@@ -112,3 +113,23 @@ def test_a_directory_without_a_finished_step_takes_a_corrected_config(task_dir, 
     corrected = _set(raw, ("train", "lr"), 0.5)
     run_dir.claim(load_config(None, raw=corrected))  # nothing finished: the config is replaced
     assert "lr: 0.5" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_a_vllm_run_saved_before_vllm_adapters_existed_served_lora(task_dir, tmp_path):
+    """Runs saved before `generation.vllm_adapters` served every stage as a LoRA request: they
+    resume under `lora` and refuse `merged` (bf16 weights merged round differently)."""
+    import yaml
+
+    raw = _set(tiny_config(task_dir, tmp_path / "model", tasks=("upper",)), ("generation", "backend"), "vllm")
+    lora, merged = (_set(raw, ("generation", "vllm_adapters"), mode) for mode in ("lora", "merged"))
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.claim(load_config(None, raw=lora))
+    done = run_dir.path / "stages" / "0-base" / "predictions" / "upper.jsonl"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}\n")
+    saved = yaml.safe_load((run_dir.path / "config.yaml").read_text())
+    del saved["generation"]["vllm_adapters"]
+    (run_dir.path / "config.yaml").write_text(yaml.safe_dump(saved))
+    run_dir.claim(load_config(None, raw=lora))  # no error
+    with pytest.raises(RunDirError, match=r"generation[.]vllm_adapters: 'lora' -> 'merged'"):
+        run_dir.claim(load_config(None, raw=merged))

@@ -1,4 +1,5 @@
-"""The vLLM backend, for real, on vLLM's CPU build: one engine for the whole test run.
+"""The vLLM backend, for real, on vLLM's CPU build: one engine for the module, then a second one
+(LoRA per request) for the last test.
 
 The engine serves the tiny model that stops by itself (`stopping_model_dir`), fp32, so its
 greedy outputs can be compared token for token with the `hf` backend's. Everything skips,
@@ -14,7 +15,8 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vll
 
 from conftest import tiny_config  # noqa: E402
 from ssr.config import load_config  # noqa: E402
-from ssr.engines.vllm import EngineSpec, VLLMGenerator, get_engine  # noqa: E402
+from ssr.engines import resolve_vllm_adapters  # noqa: E402
+from ssr.engines.vllm import EngineSpec, VLLMGenerator, Weights, get_engine  # noqa: E402
 from ssr.generation import HFGenerator, SamplingParams  # noqa: E402
 from ssr.io import read_jsonl  # noqa: E402
 from ssr.models import load_base_model, load_tokenizer  # noqa: E402
@@ -34,10 +36,21 @@ TEXTS = [
 ]
 
 
+# Longer than one prefix-cache block (128 tokens on CPUs): a cache kept across a change of
+# weights would hand the new model the old one's keys and values for this shared prefix.
+LONG_DEFINITION = "Read the input words and write them again, in the way the examples show. " * 12
+LONG_TEXTS = [f"{LONG_DEFINITION}\n\nInput: {words}\nOutput:" for words in ("apple river stone", "green table", "cloud")]
+
+
+def spec_for(model_dir, adapters: str) -> EngineSpec:
+    """The spec `tiny_config(..., backend="vllm")` runs use, serving stages by `adapters`."""
+    return EngineSpec(str(model_dir), "float32", max_lora_rank=8, kv_cache_gb=0.25, adapters=adapters)
+
+
 @pytest.fixture(scope="module")
 def engine(stopping_model_dir):
-    """The one engine of the test run: the same spec as `tiny_config(..., backend="vllm")` runs use."""
-    return get_engine(EngineSpec(str(stopping_model_dir), "float32", max_lora_rank=8, kv_cache_gb=0.25))
+    """The engine of this module's runs: the spec `tiny_config(..., backend="vllm")` resolves to here."""
+    return get_engine(spec_for(stopping_model_dir, resolve_vllm_adapters("auto")))
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +79,34 @@ def _hf(model_dir, adapter=None):
     return HFGenerator(model, load_tokenizer(str(model_dir)), batch_size=8, show_progress=False)
 
 
-def test_greedy_outputs_equal_the_hf_backend_with_and_without_an_adapter(engine, prompts, stopping_model_dir, adapter_dir):
+def merged_with_peft(model_dir, adapter) -> Weights:
+    """The base + `adapter` weights as PEFT merges them, for a merged engine."""
+    def save(directory):
+        load_adapter(load_base_model(str(model_dir)), adapter, trainable=False).merge_and_unload().save_pretrained(directory)
+    return Weights(("peft-merged", str(adapter)), save)
+
+
+def test_greedy_outputs_equal_the_hf_backend_with_and_without_merged_weights(engine, prompts, stopping_model_dir, adapter_dir):
+    assert engine.spec.adapters == "merged"  # vLLM applies LoRA on CPUs through a slow fallback
+    tok = load_tokenizer(str(stopping_model_dir))
+    long_prompts = [tok(t)["input_ids"] for t in LONG_TEXTS]
+    assert min(map(len, long_prompts)) > 2 * 128
     params = SamplingParams(max_new_tokens=12)
-    base = VLLMGenerator(engine, None, show_progress=False).generate(prompts, params)
-    tuned = VLLMGenerator(engine, adapter_dir, show_progress=False).generate(prompts, params)
-    assert base == _hf(stopping_model_dir).generate(prompts, params)
-    assert tuned == _hf(stopping_model_dir, adapter_dir).generate(prompts, params)
-    assert tuned != base  # the adapter reached the engine
+    hf_base, hf_tuned = _hf(stopping_model_dir), _hf(stopping_model_dir, adapter_dir)
+    base_gen = VLLMGenerator(engine, None, show_progress=False)
+    tuned_gen = VLLMGenerator(engine, weights=merged_with_peft(stopping_model_dir, adapter_dir), show_progress=False)
+    for batch in (prompts, long_prompts):
+        want_base, want_tuned = hf_base.generate(batch, params), hf_tuned.generate(batch, params)
+        assert want_tuned != want_base  # the adapter changes these outputs
+        # back and forth: each switch reloads the weights and forgets the other model's cached prefixes
+        for _ in range(2):
+            assert base_gen.generate(batch, params) == want_base
+            assert tuned_gen.generate(batch, params) == want_tuned
     # why each ended is reported as the hf backend reports it
-    hf_reasons = [c.finish_reason for (c,) in _hf(stopping_model_dir).generate(prompts, params)]
-    assert [c.finish_reason for (c,) in base] == hf_reasons
+    hf_reasons = [c.finish_reason for (c,) in hf_base.generate(prompts, params)]
+    assert [c.finish_reason for (c,) in base_gen.generate(prompts, params)] == hf_reasons
+    with pytest.raises(ValueError, match="not adapter directories"):
+        VLLMGenerator(engine, adapter_dir, show_progress=False).generate(prompts, params)
 
 
 def test_sampling_parameters_reach_the_engine(engine, prompts):
@@ -126,3 +157,32 @@ def test_a_run_on_vllm_matches_the_same_run_on_hf(task_dir, stopping_model_dir, 
     written = read_jsonl(tmp_path / "vllm" / "synthetic" / "reverse.candidates.jsonl")
     assert [c["continuation"] for c in again] == [c["continuation"] for c in written]
     assert any(c["verdict"] == "kept" for c in written)
+
+
+def test_a_merged_engine_serves_a_chain_of_merged_adapters_as_hf_does(task_dir, stopping_model_dir, engine, tmp_path):
+    """`train.adapter: new`: stage 2's weights are θ(0) + stage 1's adapter merged + stage 2's.
+    A merged engine serves them (a lora engine cannot), with the hf backend's predictions."""
+    results = {}
+    for backend in ("hf", "vllm"):
+        raw = tiny_config(task_dir, stopping_model_dir, "sequential", tasks=("reverse", "upper"), backend=backend)
+        raw["train"]["adapter"] = "new"
+        results[backend] = run(load_config(None, raw=raw), tmp_path / backend)
+    stage2 = tmp_path / "vllm" / "stages" / "2-upper"
+    assert [path for path, _ in engine.serving] == [str(tmp_path / "vllm" / "stages" / s / "adapter") for s in ("1-reverse", "2-upper")]
+    for f in sorted(stage2.glob("predictions/*.jsonl")):
+        hf_rows, vllm_rows = read_jsonl(tmp_path / "hf" / "stages" / "2-upper" / "predictions" / f.name), read_jsonl(f)
+        assert sum(a["prediction"] == b["prediction"] for a, b in zip(hf_rows, vllm_rows)) >= len(hf_rows) - 1, f.name
+
+
+def test_a_lora_engine_applies_adapters_per_request_as_the_hf_backend_does(stopping_model_dir, prompts, adapter_dir):
+    """`generation.vllm_adapters: lora` (the default on GPUs): the base weights stay, each request
+    names its adapter. Last in the module: it replaces the module's engine."""
+    lora_engine = get_engine(spec_for(stopping_model_dir, "lora"))
+    params = SamplingParams(max_new_tokens=12)
+    base = VLLMGenerator(lora_engine, None, show_progress=False).generate(prompts, params)
+    tuned = VLLMGenerator(lora_engine, adapter_dir, show_progress=False).generate(prompts, params)
+    assert base == _hf(stopping_model_dir).generate(prompts, params)
+    assert tuned == _hf(stopping_model_dir, adapter_dir).generate(prompts, params)
+    assert tuned != base  # the adapter reached the engine
+    with pytest.raises(ValueError, match="not merged weights"):
+        VLLMGenerator(lora_engine, weights=merged_with_peft(stopping_model_dir, adapter_dir), show_progress=False).generate(prompts, params)

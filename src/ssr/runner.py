@@ -37,7 +37,7 @@ from ssr.distributed import Dist
 from ssr.distributed import current as current_dist
 from ssr.errors import ConfigError, RunDirError
 from ssr.evaluation import greedy_outputs, learnt_retention, score_predictions, score_rows
-from ssr.engines import resolve_backend
+from ssr.engines import resolve_backend, resolve_vllm_adapters
 from ssr.engines.vllm import VLLMEngine, current_engine
 from ssr.general import evaluate_general, general_stages
 from ssr.generation import Completion, Generator, HFGenerator, SamplingParams
@@ -156,11 +156,11 @@ class ModelState:
     for OSF), each finished adapter is merged into the weights before a fresh one is attached.
 
     Generation (`stage_generator`) runs on the configured backend. With `vllm`, one engine per
-    process serves θ(0) and every stage's adapter from its directory; the training model is
-    not needed (on a GPU it leaves the device while the engine generates, and the engine
-    sleeps while a stage trains). Stages whose weights are a chain of merged adapters
-    (`train.adapter: new`), OSF's adapters and a separate `method.icl_model` are served by the
-    `hf` backend.
+    process serves θ(0) and every stage: its adapter per request (`lora`), or its weights merged
+    here and reloaded by the engine (`merged`); the training model is not needed (on a GPU it
+    leaves the device while the engine generates, and the engine sleeps while a stage trains).
+    Under `lora`, stages whose weights are a chain of merged adapters (`train.adapter: new`) or
+    OSF's, and a separate `method.icl_model` always, are served by the `hf` backend.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device | None = None):
@@ -190,6 +190,11 @@ class ModelState:
     def vllm_dtype_name(self) -> str:
         """`model.dtype` resolved once for the vLLM engine (may measure the CPU, once per machine)."""
         return resolve_dtype(self.cfg.model.dtype, cache_root(self.cfg.model.cache_dir), engine="vllm")
+
+    @cached_property
+    def vllm_adapters(self) -> str:
+        """`generation.vllm_adapters` resolved: `lora` or `merged`."""
+        return resolve_vllm_adapters(self.cfg.generation.vllm_adapters)
 
     @cached_property
     def train_bf16(self) -> bool:
@@ -265,7 +270,7 @@ class ModelState:
             return self.base()
         if self.at_stage == stage.name:
             return self._on_device(self.model)
-        chain = [*before, stage] if merges_between_stages(self.cfg) and not stage.fresh else [stage]
+        chain = self._adapter_chain(stage, before)
         model = self._base()
         for i, s in enumerate(chain):
             model = self.load_adapter(model, self.adapter_dir(s), trainable=trainable and i == len(chain) - 1)
@@ -274,6 +279,32 @@ class ModelState:
                 self.base_modified = True
         self.model, self.at_stage = model, stage.name
         return model
+
+    def _adapter_chain(self, stage: Stage, before: list[Stage]) -> list[Stage]:
+        """The stages whose adapters make up `stage`'s weights, in order (earlier ones merged)."""
+        return [*before, stage] if merges_between_stages(self.cfg) and not stage.fresh else [stage]
+
+    def save_merged(self, stage: Stage, before: list[Stage], directory: Path) -> None:
+        """Write `stage`'s weights, adapters merged, as a model directory in the vLLM engine's dtype
+        (a copy is merged: the loaded model keeps its adapter for training and evaluation)."""
+        import copy
+
+        self.load_after(stage, before)
+        self._off_device()  # the copy is made in host memory
+        model = copy.deepcopy(self.model)
+        merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        merged.to(device="cpu", dtype=DTYPES[self.vllm_dtype_name]).save_pretrained(directory)
+
+    def merged_weights(self, stage: Stage, before: list[Stage]):
+        """`stage`'s weights as a merged vLLM engine takes them (None: θ(0)). They are named by
+        their adapter directories and files' times: a stage's adapter is written once."""
+        from ssr.engines.vllm import Weights
+
+        if self.adapter_dir(stage) is None:
+            return None
+        key = tuple((str(d.resolve()), max((f.stat().st_mtime_ns for f in d.iterdir()), default=0))
+                    for d in (self.adapter_dir(s) for s in self._adapter_chain(stage, before)))
+        return Weights(key, lambda directory: self.save_merged(stage, before, directory))
 
     def finished(self, stage: Stage) -> None:
         self.at_stage = stage.name
@@ -285,11 +316,12 @@ class ModelState:
     # --- generation on the configured backend ---
 
     def _vllm_serves(self, stage: Stage, before: list[Stage]) -> bool:
-        """vLLM serves θ(0) and any stage whose weights are θ(0) + one LoRA adapter directory
-        (not a chain of merged adapters, not OSF's adapters, which vLLM cannot load)."""
+        """vLLM serves θ(0) and, merged, every stage; with adapters per request (`lora`), any stage
+        whose weights are θ(0) + one LoRA adapter directory (not a chain of merged adapters, not
+        OSF's adapters, which vLLM cannot load)."""
         if self.cfg.generation.backend != "vllm":
             return False
-        if self.adapter_dir(stage) is None:
+        if self.adapter_dir(stage) is None or self.vllm_adapters == "merged":
             return True
         return uses_lora(self.cfg) and (stage.fresh or not merges_between_stages(self.cfg) or not before)
 
@@ -303,6 +335,7 @@ class ModelState:
             max_lora_rank=lora_rank_for(self.cfg.train.lora.r),
             kv_cache_gb=g.kv_cache_gb, gpu_memory_utilization=g.gpu_memory_utilization,
             trust_remote_code=self.cfg.model.trust_remote_code, allow_pickle=self.cfg.model.allow_pickle,
+            adapters=self.vllm_adapters,
         )
         return get_engine(spec)
 
@@ -312,7 +345,10 @@ class ModelState:
             from ssr.engines.vllm import VLLMGenerator
 
             self._off_device()
-            return VLLMGenerator(self.engine(), self.adapter_dir(stage))
+            engine = self.engine()
+            if engine.spec.adapters == "merged":
+                return VLLMGenerator(engine, weights=self.merged_weights(stage, before))
+            return VLLMGenerator(engine, self.adapter_dir(stage))
         return self.generator(self.load_after(stage, before), batch_size)
 
     @contextmanager
@@ -493,6 +529,8 @@ def resolve_settings(cfg: RunConfig) -> RunConfig:
     and recorded in results.json.)"""
     cfg = cfg.model_copy(deep=True)
     cfg.generation.backend = resolve_backend(cfg.generation.backend)
+    if cfg.generation.backend == "vllm":
+        cfg.generation.vllm_adapters = resolve_vllm_adapters(cfg.generation.vllm_adapters)
     return cfg
 
 
@@ -552,6 +590,9 @@ def check_launch(cfg: RunConfig, dist: Dist) -> None:
                           "training model's weights across processes, so it cannot generate by itself: use "
                           "generation.backend: vllm (the engine loads the weights and each stage's adapter from disk), "
                           "or ZeRO-2 (see README, Scaling)")
+    if plugin is not None and plugin.zero_stage == 3 and resolve_vllm_adapters(cfg.generation.vllm_adapters) == "merged":
+        raise ConfigError(f"{cfg.where('generation', 'vllm_adapters')}: field 'generation.vllm_adapters': under DeepSpeed "
+                          "ZeRO-3 no process holds a stage's whole weights to merge: use vllm_adapters: lora")
 
 
 def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method, dist: Dist | None = None) -> dict:

@@ -35,3 +35,11 @@ def resolve_backend(setting: str) -> str:
     if setting == "auto":
         return "vllm" if vllm_installed() else "hf"
     return setting
+
+
+def resolve_vllm_adapters(setting: str) -> str:
+    """`generation.vllm_adapters` as `lora` or `merged`: `auto` is merged on CPUs, where vLLM applies
+    LoRA through a slow PyTorch fallback, and lora on GPUs, where its kernels make adapters cheap."""
+    if setting == "auto":
+        return "lora" if _cuda() else "merged"
+    return setting

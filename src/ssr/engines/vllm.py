@@ -1,9 +1,15 @@
-"""The vLLM generation backend: one engine per process, the base model plus LoRA adapters.
+"""The vLLM generation backend: one engine per process, serving the base model and every stage's model.
 
 One `LLM` engine is started the first time a run needs generation and kept for the rest of
-the process (every stage of a run, every run of a sweep with the same model): the base model
-θ(0) answers requests without an adapter, and each stage's model is the base plus that
-stage's PEFT adapter, passed per request as a `LoRARequest` (no merging, no reload per stage).
+the process (every stage of a run, every run of a sweep with the same model). It serves a
+stage's fine-tuned model in one of two ways (`EngineSpec.adapters`):
+- `lora`: the base model θ(0) answers requests without an adapter, and each stage's model is
+  the base plus that stage's PEFT adapter, passed per request as a `LoRARequest`;
+- `merged`: the engine has no LoRA support; the caller merges a stage's weights (PEFT) and the
+  engine reloads them in place (vLLM's `reload_weights`) when the requested model changes, then
+  empties the prefix cache, whose keys and values were computed with the previous weights. On
+  CPUs this is the fast way: vLLM applies LoRA there through a PyTorch fallback that copies the
+  adapter matrices once per token.
 Prompts arrive as token ids (the project tokenizes with its templates), so vLLM sees exactly
 what the `hf` backend sees.
 
@@ -26,14 +32,20 @@ import gc
 import json
 import logging
 import os
+import tempfile
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
 from ssr.generation import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
+
+_UNKNOWN = object()  # what a merged engine holds while reloading, or after a failed reload
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The adapter ranks a vLLM engine can be sized for (`max_lora_rank`)."""
@@ -52,6 +64,18 @@ class EngineSpec:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     """False: weights only from safetensors (a pickle file can run code when loaded)."""
+    adapters: Literal["lora", "merged"] = "lora"
+    """How a fine-tuned stage is served: its LoRA adapter per request, or its merged weights reloaded."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A model a `merged` engine serves by reloading its weights. `key` names the weights (equal
+    keys, equal weights: the engine reloads only when the key changes); `save(directory)` writes
+    them there as a model directory (safetensors, the engine's dtype) when they must be loaded."""
+
+    key: Hashable
+    save: Callable[[Path], None]
 
 
 def lora_rank_for(r: int) -> int:
@@ -142,14 +166,16 @@ class VLLMEngine:
         memory = (dict(gpu_memory_utilization=spec.gpu_memory_utilization, enable_sleep_mode=True) if on_gpu()
                   else dict(kv_cache_memory_bytes=int(spec.kv_cache_gb * (1 << 30))))
         log.info("starting vLLM engine: %s (%s)", spec.model_path, spec.dtype)
+        lora = dict(enable_lora=True, max_lora_rank=spec.max_lora_rank, max_loras=1) if spec.adapters == "lora" else {}
         self.llm = LLM(
             model=spec.model_path, dtype=spec.dtype, seed=spec.seed, trust_remote_code=spec.trust_remote_code,
             load_format="auto" if spec.allow_pickle else "safetensors",
-            enable_lora=True, max_lora_rank=spec.max_lora_rank, max_loras=1,
-            enable_prefix_caching=True, enable_chunked_prefill=False, **memory,
+            enable_prefix_caching=True, enable_chunked_prefill=False, **lora, **memory,
         )
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self._adapter_ids: dict[str, int] = {}
+        self.serving: Hashable = None
+        """The key of the weights a `merged` engine holds now (None: the base model's)."""
         self.asleep = False
         started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
         self._registry_file = register_engine_processes(started)
@@ -165,12 +191,41 @@ class VLLMEngine:
         lora_id = self._adapter_ids.setdefault(key, len(self._adapter_ids) + 1)
         return LoRARequest(lora_name=key, lora_int_id=lora_id, lora_path=key)
 
+    def serve(self, weights: Weights | None) -> None:
+        """Hold `weights` (None: the base model) in a `merged` engine: reloaded in place if another
+        model is loaded now, then the prefix cache emptied (its entries belong to the old weights)."""
+        key = None if weights is None else weights.key
+        if key == self.serving:
+            return
+        started = time.perf_counter()
+        scratch = _registry_dir().parent / "weights"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:  # removed once the engine has read it
+            path = self.spec.model_path
+            self.serving = _UNKNOWN  # until the reload has finished: a failed one leaves the weights mixed
+            if weights is not None:
+                weights.save(Path(tmp))
+                path = tmp
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path), "is_checkpoint_format": True})
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM did not empty its prefix cache after new weights were loaded")
+        self.serving = key
+        log.info("vLLM engine now serves %s (reloaded in %.1f s)", "the base model" if key is None else key,
+                 time.perf_counter() - started)
+
     def generate(self, prompts: list[list[int]], params: SamplingParams, adapter_dir: str | Path | None = None,
-                 show_progress: bool = True) -> list[list[Completion]]:
-        """`params.num_samples` generations per prompt (token ids), in the caller's order."""
+                 show_progress: bool = True, weights: Weights | None = None) -> list[list[Completion]]:
+        """`params.num_samples` generations per prompt (token ids), in the caller's order, by the base
+        model, by the base plus `adapter_dir` (a `lora` engine) or by `weights` (a `merged` engine)."""
         from vllm import SamplingParams as VSamplingParams
 
         self.wake()
+        if self.spec.adapters == "merged":
+            if adapter_dir is not None:
+                raise ValueError("a merged vLLM engine serves merged weights (Weights), not adapter directories")
+            self.serve(weights)
+        elif weights is not None:
+            raise ValueError("a lora vLLM engine serves adapter directories, not merged weights")
         results: list[list[Completion]] = [[] for _ in prompts]
         requests, request_params, where = [], [], []
         for i, ids in enumerate(prompts):
@@ -254,11 +309,14 @@ atexit.register(shutdown_engine)
 
 
 class VLLMGenerator:
-    """The `Generator` interface over the shared engine, for one model (base or base + adapter)."""
+    """The `Generator` interface over the shared engine, for one model: the base model, the base
+    plus `adapter_dir` (a `lora` engine) or `weights` (a `merged` engine)."""
 
-    def __init__(self, engine: VLLMEngine, adapter_dir: str | Path | None = None, show_progress: bool = True):
-        self.engine, self.adapter_dir, self.show_progress = engine, adapter_dir, show_progress
+    def __init__(self, engine: VLLMEngine, adapter_dir: str | Path | None = None, show_progress: bool = True,
+                 weights: Weights | None = None):
+        self.engine, self.adapter_dir, self.show_progress, self.weights = engine, adapter_dir, show_progress, weights
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
-        log.info("%s: %d prompts on vLLM%s", desc, len(prompts), f" (adapter {self.adapter_dir})" if self.adapter_dir else "")
-        return self.engine.generate(prompts, params, self.adapter_dir, self.show_progress)
+        model = f" (adapter {self.adapter_dir})" if self.adapter_dir else f" (merged {self.weights.key})" if self.weights else ""
+        log.info("%s: %d prompts on vLLM%s", desc, len(prompts), model)
+        return self.engine.generate(prompts, params, self.adapter_dir, self.show_progress, self.weights)
