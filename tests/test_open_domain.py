@@ -59,6 +59,19 @@ def test_open_domain_parser_keeps_exactly_one_input_and_one_output():
     assert parse_open_domain("  ") == [] and parse_open_domain("Instruction:Instruction:") == []
 
 
+def test_an_instruction_written_alone_is_a_candidate_only_when_asked():
+    """SmolLM2-135M mostly writes an instruction and stops (0 of 48 generations well formed):
+    with `instruction_only`, such a chunk is an instruction with no input and no output."""
+    text = " Name a fruit.\n\nInstruction: Say hi.\nOutput: hi\n\nInstruction: Describe the sea"
+    assert [(p.instruction, p.input, p.output, p.verdict) for p in parse_open_domain(text, instruction_only=True)] == [
+        ("Name a fruit.", "", None, None),
+        ("Say hi.\nOutput: hi", "", None, "malformed"),  # one marker without the other: still malformed
+        ("Describe the sea", "", None, None),
+    ]
+    assert [p.verdict for p in parse_open_domain(text, complete=False, instruction_only=True)][-1] == "truncated"
+    assert [p.verdict for p in parse_open_domain(text)] == ["malformed", "malformed", "malformed"]  # the release's rule
+
+
 class _WordTokenizer:
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": list(range(len(text.split())))}

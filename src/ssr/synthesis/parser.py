@@ -13,7 +13,10 @@ Two kinds of chunk are returned with a verdict, so they are recorded but never k
 Open-domain continuations (after a prompt ending in `Instruction:`) split on `Instruction:`;
 a chunk is an instance only with exactly one `Input:` followed by exactly one `Output:`
 (verdict `malformed` otherwise, as the release's Alpaca parser drops it); `<noinput>` reads
-as an empty input.
+as an empty input. With `instruction_only=True`, a complete chunk with neither marker (an
+instruction the model wrote and then stopped) is an instruction-only candidate instead: no
+input, no output (the open-domain counterpart of an input-only candidate, whose output the
+latest model writes when refining).
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ def parse_continuation(text: str, complete: bool = True) -> list[ParsedInstance]
     return out
 
 
-def parse_open_domain(text: str, complete: bool = True) -> list[ParsedInstance]:
-    """Candidates of one open-domain continuation; `complete=False` when it ended by length."""
+def parse_open_domain(text: str, complete: bool = True, instruction_only: bool = False) -> list[ParsedInstance]:
+    """Candidates of one open-domain continuation; `complete=False` when it ended by length;
+    `instruction_only`: a chunk without `Input:` or `Output:` is a candidate with no input or output."""
     from ssr.synthesis.prompts import NO_INPUT
 
     chunks = text.split("Instruction:")
@@ -63,9 +67,10 @@ def parse_open_domain(text: str, complete: bool = True) -> list[ParsedInstance]:
         head, _, rest = chunk.partition("Input:")
         x, _, y = rest.partition("Output:")
         well_formed = chunk.count("Input:") == 1 and chunk.count("Output:") == 1 and "Output:" not in head
+        alone = instruction_only and "Input:" not in chunk and "Output:" not in chunk
         if not complete and k == len(chunks) - 1:
             verdict = "truncated"
-        elif not well_formed:
+        elif not well_formed and not alone:
             verdict = "malformed"
         else:
             verdict = None

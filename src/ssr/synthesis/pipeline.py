@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from functools import partial
 
 
 from ssr.config import MethodConfig
@@ -45,7 +46,8 @@ def generate_candidates(
     """
     prompts = build_icl_prompts(task.definition, demos, cfg.n_shots, cfg.max_prompts, cfg.demo_outputs, seed,
                                 open_domain=task.open_domain)
-    parse = parse_open_domain if task.open_domain else parse_continuation
+    # an instruction written alone is worth keeping only where refinement will answer it
+    parse = partial(parse_open_domain, instruction_only=keeps_outputless(cfg)) if task.open_domain else parse_continuation
     stats: Counter = Counter(prompts=len(prompts))
     max_total = min(cfg.synth_max_length, context_length)
     encoded, usable = [], []
@@ -86,6 +88,11 @@ def generate_candidates(
     return candidates, stats, prompts
 
 
+def keeps_outputless(cfg: MethodConfig) -> bool:
+    """Whether candidates without an output are kept: their output is written by refinement."""
+    return cfg.refine and cfg.keep_input_only
+
+
 def filter_candidates(candidates: list[dict], task: Task, demos: list[Instance], tokenizer, cfg: MethodConfig,
                       screener: Screener | None = None) -> None:
     """Step 2: give every parsed candidate a verdict (`kept` or why it was dropped); a
@@ -95,7 +102,7 @@ def filter_candidates(candidates: list[dict], task: Task, demos: list[Instance],
     the definition in the length rule; their input may be empty (`<noinput>`)."""
     demo_inputs = {_key(task, d.definition, d.input.strip()) for d in demos}
     def_len = len(tokenizer(task.definition, add_special_tokens=False)["input_ids"])
-    input_only_ok = cfg.refine and cfg.keep_input_only
+    input_only_ok = keeps_outputless(cfg)
     kept_inputs: set = set()
     for c in candidates:
         if c["verdict"] is not None:
