@@ -94,3 +94,31 @@ def test_learnt_tasks_retention_is_before_after_and_change():
     assert learnt_retention(scores, ["general", "x", "y"], learnt=1) == {
         "general": {"before": 40.0, "after": 30.0, "change": -10.0}}
     assert learnt_retention([[None, 1.0], [2.0, 3.0]], ["general", "x"], learnt=1)["general"]["change"] is None
+
+
+def test_greedy_outputs_are_the_frozen_models_own_greedy_answers(tiny_model_dir):
+    """Evaluation and refinement answer through `greedy_outputs`: batched, it must give what the
+    model itself generates greedily for each prompt alone (the template's prompt, its start cut
+    to `max_source_length`), no more than `max_new_tokens` tokens, special tokens dropped."""
+    import torch
+
+    from ssr.evaluation import greedy_outputs
+    from ssr.generation import HFGenerator
+    from ssr.models import get_template, load_base_model, load_tokenizer
+
+    model, tok = load_base_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    template = get_template("vanilla", tok)
+    pairs = [("Write the input in upper case, then reverse the order of the words, then count them.",
+              "green table ocean silver window garden"),
+             ("Reverse the words.", "apple river stone cloud"), ("Count the words.", "one")]
+    got = greedy_outputs(HFGenerator(model, tok, batch_size=3, show_progress=False), template, pairs, 10, 5)
+    want = []
+    for definition, input_ in pairs:
+        ids = template.prompt_ids(definition, input_)[-10:]
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+        want.append(tok.decode(out[0, len(ids):], skip_special_tokens=True).strip())
+    assert got == want
+    lengths = [len(template.prompt_ids(d, i)) for d, i in pairs]
+    assert max(lengths) > 10 and len({min(n, 10) for n in lengths}) > 1  # cut prompts, and a padded batch

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from rouge_score import rouge_scorer
 
-from ssr.data.task import Instance, Task
+from ssr.data.task import Instance
 from ssr.generation import Generator, SamplingParams
 from ssr.models.templates import PromptTemplate
 
@@ -102,22 +102,6 @@ def greedy_outputs(
     return [out for (out,) in generator.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), desc=desc)]
 
 
-def predict(
-    generator: Generator,
-    template: PromptTemplate,
-    instances: list[Instance],
-    max_source_length: int,
-    max_new_tokens: int,
-    desc: str = "eval",
-    scorer: str = "superni",
-    language: str = "en",
-) -> list[dict]:
-    """Greedy predictions for `instances`, each row scored against its references."""
-    outputs = greedy_outputs(generator, template, [(i.definition, i.input) for i in instances],
-                             max_source_length, max_new_tokens, desc)
-    return score_rows(instances, outputs, scorer, language)
-
-
 def score_rows(instances: list[Instance], outputs: list[str], scorer: str = "superni", language: str = "en") -> list[dict]:
     """One prediction row per instance: its answer scored against its references."""
     rows = []
@@ -134,12 +118,6 @@ def score_rows(instances: list[Instance], outputs: list[str], scorer: str = "sup
             }
         )
     return rows
-
-
-def evaluate_task(generator: Generator, template: PromptTemplate, task: Task, max_source_length: int, max_new_tokens: int,
-                  scorer: str = "superni") -> list[dict]:
-    return predict(generator, template, task.eval, max_source_length, max_new_tokens, desc=f"eval {task.name}",
-                   scorer=scorer, language=task.language)
 
 
 def continual_metrics(scores: list[list[float | None]], learnt: int = 0) -> dict[str, float | None]:

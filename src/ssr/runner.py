@@ -15,6 +15,7 @@ crash continues where it stopped:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -287,8 +288,6 @@ class ModelState:
     def save_merged(self, stage: Stage, before: list[Stage], directory: Path) -> None:
         """Write `stage`'s weights, adapters merged, as a model directory in the vLLM engine's dtype
         (a copy is merged: the loaded model keeps its adapter for training and evaluation)."""
-        import copy
-
         self.load_after(stage, before)
         self._off_device()  # the copy is made in host memory
         model = copy.deepcopy(self.model)
