@@ -191,3 +191,26 @@ def test_embedder_does_not_depend_on_the_order_texts_are_asked_in():
     other = embed([short, long])
     assert np.array_equal(one[1], other[0]) and np.array_equal(one[0], other[1]) and np.array_equal(one[1], one[2])
     assert one.shape == (3, 384) and np.allclose(np.linalg.norm(one, axis=1), 1, atol=1e-5)
+
+
+def test_open_domain_instances_are_compared_by_instruction_and_input(tmp_path):
+    """An open-domain task's instances mostly have no input: they differ by instruction. Two
+    synthetic cooking instructions and one arithmetic question, all without input: own-task
+    share 2/3 (by input alone every one would be the empty string, a tie won by the own task)."""
+    from ssr.config import MethodConfig
+
+    cooking = ["Give a recipe for pancakes.", "How long should pasta boil?", "Name three spices used in curry.",
+               "Explain how to poach an egg.", "What temperature bakes bread?", "Suggest a quick vegetarian dinner."]
+    chat = Task("chat", "(open-domain)", open_domain=True,
+                train=[Instance(f"c-{i}", "", "an answer", x) for i, x in enumerate(cooking[:4])],
+                eval=[Instance(f"ce-{i}", "", "an answer", x) for i, x in enumerate(cooking[4:])])
+    maths = Task("maths", "Solve.", train=[Instance(f"m-{i}", x, str(i), "Solve.") for i, x in enumerate(SUMS[:4])],
+                 eval=[Instance(f"me-{i}", x, "1", "Solve.") for i, x in enumerate(SUMS[4:])])
+    synthetic = ["How do you make a fluffy omelette?", "Which herbs go well with roast potatoes?", "What is 45 plus 12?"]
+    cands = [{**cand(i, "kept", i, 0, "", None, selected=True, cluster=i % 2, rank=i), "instruction": x}
+             for i, x in enumerate(synthetic)]
+    write_jsonl(tmp_path / "chat.candidates.jsonl", cands)
+    write_jsonl(tmp_path / "chat.jsonl", [{"input": "", "output": "ok", "candidate_id": i} for i in range(3)])
+    q, _ = ensure_quality(chat, [chat, maths], tmp_path, MethodConfig(name="ssr", n_clusters=2), seed=1, stage_seed=2)
+    assert q["fidelity"]["kept"]["nearest_task_counts"] == {"chat": 2, "maths": 1}
+    assert q["fidelity"]["heldout"]["own_task_share"] == 1.0

@@ -14,7 +14,9 @@ or `ssr report` for runs that lack it. Sections of the file:
   and every task order, so the figures compare across both). It is a diagnostic, read after
   the fact: nothing of a later task reaches training. Each task contributes at most
   `REFERENCE_CAP` training inputs (a seeded sample, stratified like any subset), so no task
-  wins the nearest-neighbour vote by size alone.
+  wins the nearest-neighbour vote by size alone. An open-domain task's instances (synthetic and
+  real) are compared by their query, instruction + input, as selection embeds them: most of them
+  have no input, and they differ by instruction.
   * `own_task_share`: the share of inputs whose nearest real input (cosine) belongs to their own
     task (a tie counts for the own task);
   * `nn_similarity`: the mean cosine similarity of each input to its nearest real training
@@ -58,11 +60,14 @@ from ssr.data.subsets import is_classification, sample_subset
 from ssr.data.task import Task
 from ssr.evaluation import normalize_answer
 from ssr.io import read_jsonl, write_json
+from ssr.models.templates import query_text
+from ssr.synthesis.pipeline import selection_text
 
 log = logging.getLogger(__name__)
 
-QUALITY_VERSION = 1
-"""Bump when a figure's definition changes: existing files are then recomputed."""
+QUALITY_VERSION = 2
+"""Bump when a figure's definition changes: existing files are then recomputed (2: open-domain
+instances are compared by their query, instruction + input, as selection embeds them)."""
 REFERENCE_CAP = 500
 """Real inputs per task and split in the embedding reference (a seeded sample beyond it)."""
 N_EXAMPLES = 5
@@ -246,9 +251,15 @@ def run_embedder(model: str, pooling: str) -> Embedder:
 
 # ---------------------------------------------------------------- one task
 
+def instance_text(task: Task, inst) -> str:
+    """What a real instance is compared by: its input, or its query (instruction + input) for an
+    open-domain task, whose instances differ by instruction (the text selection embeds)."""
+    return query_text(inst.definition, inst.input) if task.open_domain else inst.input
+
+
 def _reference(task: Task, split: str, seed: int) -> list[str]:
     rows = task.train if split == "train" else task.eval
-    return [inst.input for inst in sample_subset(rows, REFERENCE_CAP, f"{seed}:{task.name}:quality-{split}")]
+    return [instance_text(task, inst) for inst in sample_subset(rows, REFERENCE_CAP, f"{seed}:{task.name}:quality-{split}")]
 
 
 def _round(v: float | None) -> float | None:
@@ -285,7 +296,7 @@ def compute_quality(task: Task, tasks: list[Task], folder: Path, embed_texts: Em
         at += len(train_refs[t.name])
         eval_emb[t.name] = ref_vectors[at : at + len(eval_refs[t.name])]
         at += len(eval_refs[t.name])
-    kept_emb = embed_texts([c["input"] for c in kept])
+    kept_emb = embed_texts([selection_text(c) for c in kept])
     sel_pos = {c["candidate_id"]: i for i, c in enumerate(kept)}
     sel_emb = kept_emb[[sel_pos[c["candidate_id"]] for c in selected]] if selected else kept_emb[:0]
     own_train = ref_emb[task.name]
@@ -307,12 +318,12 @@ def compute_quality(task: Task, tasks: list[Task], folder: Path, embed_texts: Em
         "other_tasks_heldout": fidelity(others_eval, share=False),  # the floor
     }
 
-    real_train = [inst.input for inst in task.train]
+    real_train = [instance_text(task, inst) for inst in task.train]
     sample = lambda n: random.Random(f"{seed}:{task.name}:distinct").sample(real_train, min(n, len(real_train)))  # noqa: E731
     diversity = {"distinct_2": {
-        "kept": _round(distinct_n([c["input"] for c in kept])),
+        "kept": _round(distinct_n([selection_text(c) for c in kept])),
         "real_same_size_as_kept": _round(distinct_n(sample(len(kept)))),
-        "selected": _round(distinct_n([c["input"] for c in selected])),
+        "selected": _round(distinct_n([selection_text(c) for c in selected])),
         "real_same_size_as_selected": _round(distinct_n(sample(len(selected)))),
     }, "clusters": cluster_coverage(kept, kept_emb, n_clusters, stage_seed)}
 
