@@ -80,13 +80,24 @@ def test_rows_score_each_answer_against_every_reference_and_average_to_percent()
     instances = [Instance("a", "in a", "the cat sat", "d"), Instance("b", "in b", "yes", "d", references=("yes", "no"))]
     rows = score_rows(instances, ["the cat", "No."])
     # "the cat" vs "the cat sat": LCS 2, precision 2/2, recall 2/3, F = 0.8; "No." matches the reference "no"
-    assert [(r["id"], r["target"], r["prediction"]) for r in rows] == [("a", "the cat sat", "the cat"), ("b", "yes", "No.")]
+    assert [(r["id"], r["input"], r["target"], r["prediction"]) for r in rows] == [
+        ("a", "in a", "the cat sat", "the cat"), ("b", "in b", "yes", "No.")]
     assert [r["rougeL"] for r in rows] == [pytest.approx(0.8), 1.0]
     assert [r["exact_match"] for r in rows] == [0.0, 1.0]
     assert score_predictions(rows) == {"rougeL": pytest.approx(90.0), "exact_match": 50.0, "n": 2}
+    assert score_predictions(rows[:1]) == {"rougeL": pytest.approx(80.0), "exact_match": 0.0, "n": 1}
     assert score_predictions([]) == {"rougeL": 0.0, "exact_match": 0.0, "n": 0}
     with pytest.raises(ValueError):  # one answer per instance, never silently fewer
         score_rows(instances, ["only one"])
+
+
+def test_rows_are_scored_in_the_tasks_language():
+    """English (the default) stems ("cats sitting" = "cat sits"); another language is scored on
+    Unicode words without a stemmer (one word of two right: 0.5)."""
+    english = score_rows([Instance("a", "x", "cat sits", "d")], ["cats sitting"])
+    assert english[0]["rougeL"] == 1.0
+    spanish = score_rows([Instance("b", "x", "otra canción", "d")], ["una canción"], language="es")
+    assert spanish[0]["rougeL"] == pytest.approx(0.5)  # the English tokenizer would also count a stray "n"
 
 
 def test_learnt_tasks_retention_is_before_after_and_change():
