@@ -67,10 +67,17 @@ def build_setup(work: Path) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    # A command started with `&` by a non-interactive shell (CI, nohup) ignores SIGINT, and a
+    # child inherits that: Python then never raises KeyboardInterrupt, and the SIGINT test's
+    # signal would be lost. The run under test gets Ctrl-C's usual meaning back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(config: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen([sys.executable, "-m", "ssr.cli", "run", str(config), "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, preexec_fn=_default_sigint)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> None:
