@@ -20,7 +20,6 @@ import argparse
 import fnmatch
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -29,7 +28,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from markdown_section import replace_section
+from ssr.models.dtype import cpu_description
+
 ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Mutation testing (`make mutation`)"
 
 # module -> (files mutated, unit tests that judge them, mutant-name patterns or None for every
 # function of the files). Smallest / pure logic first.
@@ -139,20 +142,10 @@ def tally(module: str, work: Path) -> dict:
     }
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def markdown(results: list[dict], command: str, note: str = "") -> str:
     lines = [
-        "## Mutation testing (`make mutation`)", "",
-        f"Measured on {cpu_name()} ({os.cpu_count()} cores), mutmut {_mutmut_version()}, one worker, each module against "
+        SECTION, "",
+        f"Measured on {cpu_description()} ({os.cpu_count()} cores), mutmut {_mutmut_version()}, one worker, each module against "
         f"its own unit tests only. Command: `{command}`.{note}",
         "Kill rate = killed (a test failed or timed out) / (mutants − equivalent); equivalent survivors are listed with "
         "the reason in `tests/mutation_equivalents.md`. *No test*: mutants in functions none of the module's selected "
@@ -186,14 +179,6 @@ def _mutmut_version() -> str:
     return out.strip().split()[-1] if out.strip() else "?"
 
 
-def update_markdown(path: Path, section: str) -> None:
-    """Replace the mutation section of `path` (or append it)."""
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(r"## Mutation testing \(`make mutation`\).*?(?=\n## |\Z)", flags=re.S)
-    text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def recount(modules: list[str], previous: dict, json_path: Path) -> None:
     """`--tally-only`: refresh the counts of modules already run from mutmut's cache (nothing rerun)."""
     for module in modules:
@@ -221,19 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     if args.tally_only:
         recount(modules, previous, args.json)
-    for module in [] if args.tally_only else modules:
-        print(f"== mutating {module}: {', '.join(MODULES[module][0])}", flush=True)
-        result = run_module(module)
-        previous[module] = result
-        print(f"   {result['mutants']} mutants, {result['killed']} killed, {result['equivalent']} equivalent, "
-              f"{len(result['survived'])} surviving: kill rate {result['kill_rate']} % ({result['wall_min']} min)", flush=True)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(previous, indent=2))
+    else:
+        for module in modules:
+            print(f"== mutating {module}: {', '.join(MODULES[module][0])}", flush=True)
+            result = run_module(module)
+            previous[module] = result
+            print(f"   {result['mutants']} mutants, {result['killed']} killed, {result['equivalent']} equivalent, "
+                  f"{len(result['survived'])} surviving: kill rate {result['kill_rate']} % ({result['wall_min']} min)",
+                  flush=True)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(previous, indent=2))
     if args.markdown:
         done = [previous[m] for m in MODULES if m in previous]
         command = "nice -n 15 python benchmarks/mutation.py " + " ".join(sys.argv[1:] if argv is None else argv)
         note = " Counts recomputed from mutmut's cache with `--tally-only` (nothing rerun)." if args.tally_only else ""
-        update_markdown(args.markdown, markdown(done, command.strip(), note))
+        replace_section(args.markdown, SECTION, markdown(done, command.strip(), note))
     return 0
 
 
