@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
-import statistics
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from markdown_section import replace_section
-from ssr.compare import row_scores, stage_dirs
+from ssr.compare import final_task_difference
 from ssr.config import load_config
 from ssr.models.dtype import cpu_description
 from ssr.runner import wall_seconds
@@ -35,16 +33,6 @@ SECTION = "## General abilities under continual fine-tuning (`make bench-general
 METHODS = ["sequential", "replay-random-10", "ssr"]
 # The paper's Table 3 (Alpaca-7b: learnt Alpaca-52k, then 5 SuperNI tasks): MMLU, AlpacaEval win rate.
 PAPER_TABLE_3 = {"before": (41.0, 21.08), "sequential": (34.1, 8.82), "ssr": (37.1, 19.68)}
-
-
-def paired_general_change(run_a: Path, run_b: Path, task: str) -> tuple[float, float]:
-    """Mean per-row difference (a − b) of `task`'s ROUGE-L after each run's last stage, and its
-    standard error, over the rows both evaluated."""
-    ids_a, a = row_scores(stage_dirs(run_a)[-1], task)
-    ids_b, b = row_scores(stage_dirs(run_b)[-1], task)
-    by_id = dict(zip(ids_b, b))
-    diffs = [x - by_id[i] for i, x in zip(ids_a, a) if i in by_id]
-    return statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
 
 
 def _acc(general: dict, stage: str) -> str:
@@ -83,7 +71,7 @@ def section(out: Path, methods: list[str], command: str) -> str:
         if m == "sequential" or "sequential" not in runs:
             change = "–"
         else:
-            d, se = paired_general_change(runs[m], runs["sequential"], learnt)
+            d, se = final_task_difference(runs[m], runs["sequential"], learnt)
             change = f"{d:+.2f} ± {se:.2f}" + (" *" if abs(d) > 2 * se else "")
         lines.append(f"| {PAPER_LABELS.get(m, m)} | " + " | ".join(rouge) + f" | {change} | {_acc(g, stages[0])} → "
                      f"{_acc(g, stages[-1])} | {r['AR']:.2f} | {r['BWT']:.2f} | {wall_seconds(runs[m]) / 60:.1f} min |")

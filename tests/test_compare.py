@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ssr.compare import paired_difference
+from ssr.compare import final_task_difference, paired_difference
 from ssr.errors import SSRError
 
 
@@ -61,6 +61,14 @@ def test_runs_on_different_rows_are_refused(tmp_path: Path, two_runs):
                       ids={"x": ["x-0", "x-9"]})
     with pytest.raises(SSRError, match="different rows"):
         paired_difference(a, other, "AR")
+
+
+def test_one_tasks_final_difference_by_hand(tmp_path: Path, two_runs):
+    # after the last stage, x: a (40, 60), b (20, 60): differences (20, 0), mean 10, variance 200, se sqrt(200 / 2)
+    assert final_task_difference(*two_runs, "x") == (pytest.approx(10.0), pytest.approx(10.0))
+    other = write_run(tmp_path / "c", {"0-base": {}, "1-x": {"x": [0.4, 0.6]}}, ids={"x": ["x-0", "x-9"]})
+    with pytest.raises(SSRError, match="different rows"):
+        final_task_difference(two_runs[0], other, "x")
 
 
 def test_compare_command_prints_each_difference_and_refuses_a_non_run(tmp_path: Path, two_runs, capsys):

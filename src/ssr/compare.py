@@ -85,14 +85,30 @@ def paired_difference(run_a: str | Path, run_b: str | Path, metric: Metric = "AR
     if not a:
         raise SSRError(f"{run_a}: {metric} needs at least two stages")
     means, variances = [], []
-    for task, (ids_a, terms_a) in a.items():
-        ids_b, terms_b = b[task]
-        if ids_a != ids_b:
-            raise SSRError(f"{task}: {run_a} and {run_b} were evaluated on different rows; a paired difference needs the same rows")
-        diffs = [x - y for x, y in zip(terms_a, terms_b)]
-        means.append(statistics.fmean(diffs))
-        variances.append(statistics.variance(diffs) / len(diffs) if len(diffs) > 1 else 0.0)
+    for task, terms in a.items():
+        mean, variance = _paired_rows(task, terms, b[task], run_a, run_b)
+        means.append(mean)
+        variances.append(variance)
     return statistics.fmean(means), math.sqrt(sum(variances)) / len(means)
 
 
-__all__ = ["Metric", "stage_dirs", "row_scores", "trained_tasks", "metric_terms", "paired_difference"]
+def final_task_difference(run_a: str | Path, run_b: str | Path, task: str) -> tuple[float, float]:
+    """`task`'s ROUGE-L x 100 after run a's last stage minus after run b's, and its standard
+    error, pairing the same evaluation rows (e.g. a learnt task, which AR leaves out)."""
+    a = row_scores(stage_dirs(Path(run_a))[-1], task)
+    b = row_scores(stage_dirs(Path(run_b))[-1], task)
+    mean, variance = _paired_rows(task, a, b, run_a, run_b)
+    return mean, math.sqrt(variance)
+
+
+def _paired_rows(task: str, a: tuple[list[str], list[float]], b: tuple[list[str], list[float]],
+                 run_a: str | Path, run_b: str | Path) -> tuple[float, float]:
+    """Mean per-row difference a − b of one task's values and the variance of that mean."""
+    (ids_a, terms_a), (ids_b, terms_b) = a, b
+    if ids_a != ids_b:
+        raise SSRError(f"{task}: {run_a} and {run_b} were evaluated on different rows; a paired difference needs the same rows")
+    diffs = [x - y for x, y in zip(terms_a, terms_b)]
+    return statistics.fmean(diffs), statistics.variance(diffs) / len(diffs) if len(diffs) > 1 else 0.0
+
+
+__all__ = ["Metric", "stage_dirs", "row_scores", "trained_tasks", "metric_terms", "paired_difference", "final_task_difference"]
