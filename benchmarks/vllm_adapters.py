@@ -60,6 +60,7 @@ def main() -> None:
         mode_cfg = cfg.model_copy(deep=True)
         mode_cfg.generation.vllm_adapters = mode
         models = ModelState(mode_cfg, args.run_dir)
+        dtype = models.vllm_dtype_name
         started = time.perf_counter()
         models.engine()
         startup[mode] = time.perf_counter() - started
@@ -75,7 +76,7 @@ def main() -> None:
         r["identical"] = sum(a == b for a, b in pairs) / len(pairs)
     totals = {m: sum(r[f"{m}_s"] for r in rows.values()) for m in ("base", "lora", "merged")}
     record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_description(),
-              "run": str(args.run_dir), "dtype": ModelState(cfg, args.run_dir).vllm_dtype_name,
+              "run": str(args.run_dir), "dtype": dtype,
               "startup_s": startup, "stages": rows, "totals_s": totals}
     if args.json:
         args.json.write_text(json.dumps(record, indent=2))

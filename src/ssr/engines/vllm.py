@@ -198,7 +198,9 @@ class VLLMEngine:
         if key == self.serving:
             return
         started = time.perf_counter()
-        scratch = _registry_dir().parent / "weights"
+        from ssr.models.loading import cache_root
+
+        scratch = cache_root() / "weights"
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:  # removed once the engine has read it
             path = self.spec.model_path
