@@ -98,3 +98,23 @@ def test_sweep_summary_is_the_mean_and_sample_std_by_hand(tmp_path):
 def test_format_mean_std():
     assert format_mean_std(None) == "–" and format_mean_std(None, 1.0) == "–"
     assert format_mean_std(1.234) == "1.23" and format_mean_std(1.236, 0.5) == "1.24 ± 0.50"
+
+
+def test_run_label_names_selection_size_and_regulariser():
+    from ssr.report import run_label
+
+    # by hand from each config: replay's size is per_task, else its ratio (default 10 %); a
+    # regulariser is added to a rehearsal method, never repeated for l2 / ewc themselves
+    assert run_label({"method": "replay"}, "method: {name: replay}") == "replay (random, 10%)"
+    assert run_label({"method": "replay"}, "method: {name: replay, ratio: 0.01, selection: kmeans}") == "replay (kmeans, 1%)"
+    assert run_label({"method": "replay"}, "method: {name: replay, per_task: 7}") == "replay (random, 7/task)"
+    assert run_label({"method": "ssr"}, "method: {name: ssr, regularizer: ewc}") == "ssr + ewc"
+    assert run_label({"method": "ssr"}, "method: {name: ssr, regularizer: none}") == "ssr"
+    assert run_label({"method": "ewc"}, "method: {name: ewc, regularizer: ewc}") == "ewc"
+    assert run_label({"method": "l2"}, "method: {name: l2, regularizer: l2}") == "l2"
+
+
+def test_seen_task_curve_counts_learnt_columns_from_the_start():
+    # one learnt column (stage 0) then two trained tasks: after stage 1 the learnt task and the
+    # first trained one are seen, (4 + 8) / 2 = 6; after stage 2 all three, (1 + 2 + 9) / 3 = 4
+    assert seen_average([[0, 0, 0], [4, 8, 100], [1, 2, 9]], learnt=1) == pytest.approx([6.0, 4.0])
