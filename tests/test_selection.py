@@ -1,8 +1,11 @@
+import os
+
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ssr.selection import kmeans_select, proportional_quotas, random_select, select, target_size
+from ssr.selection import Selection, kmeans_select, proportional_quotas, random_select, select, target_size
 
 
 @given(st.lists(st.integers(0, 50), min_size=1, max_size=30), st.integers(0, 400))
@@ -59,15 +62,39 @@ def test_supervised_kmeans_fits_on_other_points():
     assert len(sel.indices) == 6 and len(sel.clusters) == len(emb)
 
 
-def test_random_select_is_seeded():
+def test_random_select_is_seeded_and_without_replacement():
     assert random_select(100, 10, 3).indices == random_select(100, 10, 3).indices
     assert random_select(100, 10, 3).indices != random_select(100, 10, 4).indices
+    # numpy's generator called directly: the same seeded draw, sorted
+    assert random_select(100, 10, 3).indices == sorted(np.random.default_rng(3).choice(100, 10, replace=False).tolist())
+    assert random_select(50, 50, 7).indices == list(range(50))  # every row once: never a row twice
+    assert random_select(5, 9, 7).indices == list(range(5))  # capped by what there is
 
 
-def test_select_with_the_packaged_encoder():
+def test_select_dispatches_random_and_refuses_an_unknown_strategy():
+    texts = [f"row {i}" for i in range(30)]
+    assert select(texts, 4, "random", seed=11, n_clusters=2).indices == sorted(
+        np.random.default_rng(11).choice(30, 4, replace=False).tolist())
+    with pytest.raises(ValueError, match="unknown selection strategy 'nearest'"):
+        select(texts, 4, "nearest", seed=0, n_clusters=2)
+    # nothing to choose from: nothing chosen, and no encoder needed
+    assert select([], 3, "kmeans", seed=0, n_clusters=2) == Selection([], [])
+
+
+def test_select_with_the_packaged_encoder(monkeypatch):
+    """K-means over all-MiniLM-L6-v2: the clusters are sklearn's, run here on MiniLM's own
+    embeddings; quotas are proportional (not one per cluster) unless asked."""
+    from sklearn.cluster import KMeans
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     texts = [f"a review about {w} that was great" for w in "apples pears phones cables cars bikes".split()]
-    sel = select(texts, 3, "kmeans", seed=0, n_clusters=3)
-    assert len(sel.indices) == 3 and sel.indices == select(texts, 3, "kmeans", seed=0, n_clusters=3).indices
+    sel = select(texts, 3, "kmeans", seed=0, n_clusters=2)
+    assert sel.clusters == KMeans(n_clusters=2, random_state=0, n_init=10).fit(_minilm(texts)).labels_.tolist()
+    sizes = [sel.clusters.count(c) for c in (0, 1)]
+    assert [sum(sel.clusters[i] == c for i in sel.indices) for c in (0, 1)] == proportional_quotas(sizes, 3)
+    assert sel.indices == select(texts, 3, "kmeans", seed=0, n_clusters=2).indices
+    # the encoder's tokenizers must not run threads in the processes that later fork
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
 
 
 def test_embedding_pooling_mean_cls_and_pooler(tmp_path):
@@ -100,7 +127,64 @@ def test_embedding_pooling_mean_cls_and_pooler(tmp_path):
         got[pooling] = embed(texts, str(tmp_path), pooling=pooling)
         want = torch.nn.functional.normalize(vectors, dim=-1).numpy()
         assert np.allclose(got[pooling], want, atol=1e-5), pooling
+        assert got[pooling].dtype == np.float32
     assert not np.allclose(got["cls"], got["pooler"], atol=1e-3)
+
+
+def _tiny_bert(path, positions: int, model_max_length: int | None):
+    """A saved one-layer BERT with `positions` position embeddings (a longer input cannot run)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir()
+    words = [f"w{i}" for i in range(40)]
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), **kwargs)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=positions)).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return tokenizer, model
+
+
+def test_first_token_pooling_cuts_inputs_at_the_tokenizers_limit_and_at_512(tmp_path):
+    """A text longer than the encoder takes is cut, never passed whole: at the tokenizer's
+    `model_max_length` when it is below 512, else at 512 tokens (the BERT-family limit)."""
+    import torch
+
+    from ssr.selection import embed
+
+    long_text = " ".join(f"w{i % 40}" for i in range(600))
+    for name, positions, limit, cut in (("short", 64, 64, 64), ("unset", 520, None, 512)):
+        tokenizer, model = _tiny_bert(tmp_path / name, positions, limit)
+        ids = tokenizer(long_text, truncation=True, max_length=cut, return_tensors="pt")
+        assert ids["input_ids"].shape[1] == cut
+        with torch.no_grad():
+            want = torch.nn.functional.normalize(model(**ids).last_hidden_state[:, 0], dim=-1).numpy()
+        assert np.allclose(embed([long_text], str(tmp_path / name), pooling="cls"), want, atol=1e-5), name
+
+
+def test_select_passes_the_pooling_to_the_encoder(tmp_path):
+    """`select(..., embedding_pooling="cls")` clusters the first-token vectors: sklearn's K-means
+    run here on vectors computed directly from the model."""
+    import torch
+    from sklearn.cluster import KMeans
+
+    tokenizer, model = _tiny_bert(tmp_path / "bert", 64, 64)
+    texts = [" ".join(f"w{(7 * i + 3 * j) % 40}" for j in range(2 + i % 5)) for i in range(12)]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    vectors = {"cls": hidden[:, 0], "mean": (hidden * mask).sum(1) / mask.sum(1)}
+    labels = {p: KMeans(n_clusters=3, random_state=0, n_init=10).fit(
+        torch.nn.functional.normalize(v, dim=-1).numpy()).labels_.tolist() for p, v in vectors.items()}
+    partition = lambda ls: {frozenset(i for i, x in enumerate(ls) if x == c) for c in set(ls)}  # noqa: E731
+    assert partition(labels["cls"]) != partition(labels["mean"])  # the two poolings cluster these texts differently
+    sel = select(texts, 4, "kmeans", seed=0, n_clusters=3, embedding_model=str(tmp_path / "bert"), embedding_pooling="cls")
+    assert sel.clusters == labels["cls"]
 
 
 def _minilm(texts: list[str]) -> np.ndarray:

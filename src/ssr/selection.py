@@ -159,7 +159,7 @@ def kmeans_select(embeddings: np.ndarray, k: int, n_clusters: int, seed: int, fi
     return Selection(chosen, [int(x) for x in labels])
 
 
-def select(texts: list[str], k: int, strategy: str, seed: int, *, n_clusters: int = 20,
+def select(texts: list[str], k: int, strategy: str, seed: int, *, n_clusters: int,
            embedding_model: str = "all-MiniLM-L6-v2", fit_texts: list[str] | None = None,
            embedding_pooling: str = "mean", one_per_cluster: bool = False) -> Selection:
     """Choose `k` of `texts` by `random` or `kmeans` (optionally fit on `fit_texts`; with
