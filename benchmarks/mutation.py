@@ -160,7 +160,7 @@ def markdown(results: list[dict], command: str, note: str = "") -> str:
         "Kill rate = killed (a test failed or timed out) / (mutants − equivalent); equivalent survivors are listed with "
         "the reason in `tests/mutation_equivalents.md`. *No test*: mutants in functions none of the module's selected "
         "tests calls (counted as not killed); *reached*: the kill rate over the others. Target: ≥ 85 % per core module.", "",
-        "| module | files | tests | mutants | killed (of which timeouts) | equivalent | no test | surviving | kill rate | reached | finished (UTC) | wall time | load avg (before → after) |",
+        "| module | files | tests | mutants | killed (of which timeouts) | equivalent | no test | surviving | kill rate | reached | finished (UTC) | wall time (all sittings) | load avg (before → after) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in results:
@@ -219,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for module in modules:
             print(f"== mutating {module}: {', '.join(MODULES[module][0])}", flush=True)
+            resumed = (ROOT / "runs" / "mutation" / module / "mutants").exists() and module in previous
             result = run_module(module)
+            if resumed:  # mutmut reran only what its cache lacked: the wall time is that of every sitting
+                result["wall_min"] = round(previous[module]["wall_min"] + result["wall_min"], 1)
             previous[module] = result
             print(f"   {result['mutants']} mutants, {result['killed']} killed, {result['equivalent']} equivalent, "
                   f"{len(result['survived'])} surviving: kill rate {result['kill_rate']} % ({result['wall_min']} min)",
