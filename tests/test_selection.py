@@ -30,6 +30,7 @@ def test_target_size():
     assert target_size(100, 2000, 0.1, None) == 100  # capped by what is available
     assert target_size(500, 2000, None, 7) == 7
     assert target_size(50, 48, 0.01, None) == 1  # 1 % of 48 rows rounds to 0: at least one is kept
+    assert target_size(0, 2000, None, None) == 0  # nothing to keep from: nothing, not one
 
 
 def _blobs(seed=0):
@@ -186,6 +187,31 @@ def test_select_passes_the_pooling_to_the_encoder(tmp_path):
     assert partition(labels["cls"]) != partition(labels["mean"])  # the two poolings cluster these texts differently
     sel = select(texts, 4, "kmeans", seed=0, n_clusters=3, embedding_model=str(tmp_path / "bert"), embedding_pooling="cls")
     assert sel.clusters == labels["cls"]
+    # supervised K-means: the demonstrations are embedded with the same pooling
+    fit, rest = list(range(0, 12, 2)), list(range(1, 12, 2))
+    unit = {p: torch.nn.functional.normalize(v, dim=-1).numpy() for p, v in vectors.items()}
+    supervised = {p: KMeans(n_clusters=3, random_state=0, n_init=10).fit(u[fit]).predict(u[rest]).tolist()
+                  for p, u in unit.items()}
+    assert partition(supervised["cls"]) != partition(supervised["mean"])
+    sel = select([texts[i] for i in rest], 3, "kmeans", seed=0, n_clusters=3, embedding_model=str(tmp_path / "bert"),
+                 embedding_pooling="cls", fit_texts=[texts[i] for i in fit])
+    assert sel.clusters == supervised["cls"]
+
+
+def test_pooler_pooling_of_an_encoder_without_a_pooler_is_a_clear_error(tmp_path):
+    """DistilBERT's outputs have no pooler at all: `pooler` pooling names the model and the way out."""
+    import torch
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
+
+    from ssr.selection import embed
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "word"]) + "\n")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    DistilBertModel(DistilBertConfig(vocab_size=6, dim=16, n_layers=1, n_heads=2, hidden_dim=32,
+                                     max_position_embeddings=32)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="has no pooler output; use cls or mean"):
+        embed(["word word"], str(tmp_path), pooling="pooler")
 
 
 def _minilm(texts: list[str]) -> np.ndarray:
