@@ -7,7 +7,8 @@ Each module is mutated in a work directory of its own (`runs/mutation/<module>/`
 fast unit tests), so each mutant is judged only by the tests meant for it, and no mutation run
 loads SmolLM2 or starts vLLM (the tests listed use the tiny random model at most). mutmut runs
 with one worker (`--max-children 1`): the machine is shared. Results are cached by mutmut in
-the work directory, so an interrupted run resumes.
+the work directory, so an interrupted run resumes; mutmut keeps a verdict even when the tests
+change, so after new tests `--rerun-survivors` judges the survivors again (and only them).
 
 Kill rate = killed / (mutants - equivalent), where killed counts mutants that made a test fail
 or time out, and `equivalent` are the survivors listed, with the reason, in
@@ -105,13 +106,22 @@ def statuses(work: Path) -> dict[str, str]:
     return dict(re.findall(r"^\s*([\w.]+__mutmut_\d+): ([\w ]+?)\s*$", out, flags=re.M))
 
 
-def run_module(module: str) -> dict:
+def run_module(module: str, rerun_survivors: bool = False) -> dict:
+    """mutmut over the module (resuming its cache); `rerun_survivors`: judge again, with the tests
+    as they are now, only the mutants that survived (mutmut keeps a verdict until asked again)."""
     work = prepare(module)
     # one thread: an idle OpenMP thread spinning beside a busy machine burns the worker's CPU-time limit
     env = {**os.environ, "PYTHONPATH": "", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     started, load_before = time.time(), os.getloadavg()
     nice = ["nice", "-n", str(15 - os.nice(0))] if os.nice(0) < 15 else []  # niceness 15 on the shared machine
     patterns = MODULES[module][2] or []
+    if rerun_survivors:
+        patterns = sorted(n for n, status in statuses(work).items() if status == "survived"
+                          and (not MODULES[module][2] or any(fnmatch.fnmatch(n, p) for p in MODULES[module][2])))
+        if not patterns:
+            return {**tally(module, work), "wall_min": 0.0, "load_before": [round(x, 2) for x in load_before],
+                    "load_after": [round(x, 2) for x in os.getloadavg()], "returncode": 0,
+                    "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
     with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
         proc = subprocess.run([*nice, str(MUTMUT), "run", "--max-children", "1", *patterns], cwd=work, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
@@ -206,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", default=",".join(MODULES), help=f"comma-separated, of {', '.join(MODULES)}")
     parser.add_argument("--markdown", type=Path, help="write the kill rates into this file (e.g. BENCHMARKS.md)")
     parser.add_argument("--json", type=Path, default=ROOT / "runs" / "mutation" / "results.json")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="judge the surviving mutants again (e.g. after new tests), nothing else")
     parser.add_argument("--tally-only", action="store_true",
                         help="run nothing: recount the modules already run (e.g. after new tests or equivalents)")
     args = parser.parse_args(argv)
@@ -220,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             print(f"== mutating {module}: {', '.join(MODULES[module][0])}", flush=True)
             resumed = (ROOT / "runs" / "mutation" / module / "mutants").exists() and module in previous
-            result = run_module(module)
+            result = run_module(module, rerun_survivors=args.rerun_survivors)
             if resumed:  # mutmut reran only what its cache lacked: the wall time is that of every sitting
                 result["wall_min"] = round(previous[module]["wall_min"] + result["wall_min"], 1)
             previous[module] = result
