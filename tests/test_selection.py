@@ -56,6 +56,44 @@ def test_kmeans_takes_quotas_nearest_to_centroids_deterministically():
         assert max(d[i] for i in chosen) <= min(v for i, v in d.items() if i not in chosen) + 1e-5
 
 
+def _nearest_to_each_centroid(emb: np.ndarray, labels: list[int]) -> list[int]:
+    """By hand: in each cluster (in cluster order), the member closest to the members' mean."""
+    labels = np.array(labels)
+    chosen = []
+    for c in sorted(set(labels.tolist())):
+        members = np.flatnonzero(labels == c)
+        centroid = emb[members].mean(axis=0)
+        chosen.append(int(members[np.argmin(np.linalg.norm(emb[members] - centroid, axis=1))]))
+    return chosen
+
+
+def test_one_per_cluster_takes_k_clusters_and_the_point_nearest_each():
+    emb = _blobs()
+    sel = kmeans_select(emb, 3, n_clusters=7, seed=0, one_per_cluster=True)  # n_clusters is ignored
+    assert len(set(sel.clusters)) == 3 and sel.indices == _nearest_to_each_centroid(emb, sel.clusters)
+    one = kmeans_select(emb, 1, n_clusters=7, seed=0, one_per_cluster=True)  # one cluster: the most central point
+    assert set(one.clusters) == {0} and one.indices == _nearest_to_each_centroid(emb, [0] * len(emb))
+
+
+def test_kmeans_edge_cases():
+    emb = _blobs()
+    assert kmeans_select(emb, 0, 3, seed=0) == Selection([], [-1] * len(emb))  # nothing asked: no clustering
+    assert len(kmeans_select(emb, 1, 3, seed=0).indices) == 1
+    # fewer demonstrations than clusters: as many clusters as demonstrations
+    assert set(kmeans_select(emb, 4, 3, seed=0, fit_on=emb[[0, 59]]).clusters) == {0, 1}
+
+
+def test_encoder_path_resolves_only_packaged_names(monkeypatch):
+    import importlib.util
+
+    from ssr.selection import encoder_path
+
+    assert encoder_path("org/some-encoder") == "org/some-encoder"  # not packaged: passed on as given
+    assert encoder_path("all-MiniLM-L6-v2").endswith("model")  # packaged: the package's folder
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert encoder_path("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"  # package not installed: the hub name
+
+
 def test_supervised_kmeans_fits_on_other_points():
     emb = _blobs()
     fit = _blobs(seed=5)[[0, 1, 30, 31, 50, 51]]
@@ -130,6 +168,9 @@ def test_embedding_pooling_mean_cls_and_pooler(tmp_path):
         assert np.allclose(got[pooling], want, atol=1e-5), pooling
         assert got[pooling].dtype == np.float32
     assert not np.allclose(got["cls"], got["pooler"], atol=1e-3)
+    assert np.array_equal(embed(texts, str(tmp_path)), got["mean"])  # mean pooling is the default
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        embed(texts, str(tmp_path), pooling="max")
 
 
 def _tiny_bert(path, positions: int, model_max_length: int | None):
