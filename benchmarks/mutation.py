@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_module(module, rerun_survivors=args.rerun_survivors)
             if resumed:  # mutmut reran only what its cache lacked: the wall time is that of every sitting
                 result["wall_min"] = round(previous[module]["wall_min"] + result["wall_min"], 1)
+            # reread: another module's run may have written the file since this one started
+            previous = json.loads(args.json.read_text()) if args.json.exists() else {}
             previous[module] = result
             print(f"   {result['mutants']} mutants, {result['killed']} killed, {result['equivalent']} equivalent, "
                   f"{len(result['survived'])} surviving: kill rate {result['kill_rate']} % ({result['wall_min']} min)",
