@@ -118,3 +118,17 @@ def test_seen_task_curve_counts_learnt_columns_from_the_start():
     # one learnt column (stage 0) then two trained tasks: after stage 1 the learnt task and the
     # first trained one are seen, (4 + 8) / 2 = 6; after stage 2 all three, (1 + 2 + 9) / 3 = 4
     assert seen_average([[0, 0, 0], [4, 8, 100], [1, 2, 9]], learnt=1) == pytest.approx([6.0, 4.0])
+
+
+def test_summary_table_header_two_runs_and_missing_values(tmp_path):
+    from ssr.report import run_label
+
+    _write_sweep(tmp_path, {"replay": [(10.0, 1.0, -1.0, 60.0), (14.0, 3.0, -5.0, 180.0)]})
+    (row,) = summarize(tmp_path)
+    # two runs: the sample std is |a - b| / sqrt(2)
+    assert row["AR_std"] == pytest.approx(4 / math.sqrt(2)) and row["wall_seconds_std"] == pytest.approx(120 / math.sqrt(2))
+    table = summary_table([row, {"variant": "x", "runs": 0, "AR": None, "AR_std": None, "FWT": None, "FWT_std": None,
+                                 "BWT": None, "BWT_std": None, "wall_seconds": None, "wall_seconds_std": None}]).splitlines()
+    assert table[:2] == ["| method | runs | AR | FWT | BWT | wall time (min) |", "|---|---:|---:|---:|---:|---:|"]
+    assert table[3] == "| x | 0 | – | – | – | – |"
+    assert run_label({"method": "sequential"}, "seed: 1") == "sequential"  # a config without a method block
