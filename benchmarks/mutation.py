@@ -33,6 +33,7 @@ from markdown_section import replace_section
 from ssr.models.dtype import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "runs" / "mutation"
 SECTION = "## Mutation testing (`make mutation`)"
 
 # module -> (files mutated, unit tests that judge them, mutant-name patterns or None for every
@@ -74,7 +75,7 @@ def equivalents() -> dict[str, str]:
 def prepare(module: str) -> Path:
     """The module's work directory: src/, tests/ and a pyproject.toml configured for mutmut."""
     files, tests, _ = MODULES[module]
-    work = ROOT / "runs" / "mutation" / module
+    work = WORK / module
     work.mkdir(parents=True, exist_ok=True)
     for name in ("src", "tests"):
         shutil.rmtree(work / name, ignore_errors=True)
@@ -114,20 +115,16 @@ def run_module(module: str, rerun_survivors: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": "", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     started, load_before = time.time(), os.getloadavg()
     nice = ["nice", "-n", str(15 - os.nice(0))] if os.nice(0) < 15 else []  # niceness 15 on the shared machine
-    patterns = MODULES[module][2] or []
-    if rerun_survivors:
-        patterns = sorted(n for n, status in statuses(work).items() if status == "survived"
-                          and (not MODULES[module][2] or any(fnmatch.fnmatch(n, p) for p in MODULES[module][2])))
-        if not patterns:
-            return {**tally(module, work), "wall_min": 0.0, "load_before": [round(x, 2) for x in load_before],
-                    "load_after": [round(x, 2) for x in os.getloadavg()], "returncode": 0,
-                    "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
-    with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
-        proc = subprocess.run([*nice, str(MUTMUT), "run", "--max-children", "1", *patterns], cwd=work, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    # the survivors in scope, equivalents aside (tally's list), else every mutant of the module's functions
+    patterns = tally(module, work)["survived"] if rerun_survivors else MODULES[module][2] or []
+    returncode = 0
+    if patterns or not rerun_survivors:  # no survivor to judge again: no run (mutmut would run everything)
+        with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
+            returncode = subprocess.run([*nice, str(MUTMUT), "run", "--max-children", "1", *patterns], cwd=work,
+                                        env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.time() - started
     return {**tally(module, work), "wall_min": round(wall / 60, 1), "load_before": [round(x, 2) for x in load_before],
-            "load_after": [round(x, 2) for x in os.getloadavg()], "returncode": proc.returncode,
+            "load_after": [round(x, 2) for x in os.getloadavg()], "returncode": returncode,
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
@@ -202,7 +199,7 @@ def _mutmut_version() -> str:
 def recount(modules: list[str], previous: dict, json_path: Path) -> None:
     """`--tally-only`: refresh the counts of modules already run from mutmut's cache (nothing rerun)."""
     for module in modules:
-        work = ROOT / "runs" / "mutation" / module
+        work = WORK / module
         if module in previous:
             previous[module].update(tally(module, work))
             if "finished" not in previous[module] and (work / "mutmut-run.log").exists():  # runs from before the field
@@ -215,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", default=",".join(MODULES), help=f"comma-separated, of {', '.join(MODULES)}")
     parser.add_argument("--markdown", type=Path, help="write the kill rates into this file (e.g. BENCHMARKS.md)")
-    parser.add_argument("--json", type=Path, default=ROOT / "runs" / "mutation" / "results.json")
+    parser.add_argument("--json", type=Path, default=WORK / "results.json")
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="judge the surviving mutants again (e.g. after new tests), nothing else")
     parser.add_argument("--tally-only", action="store_true",
@@ -231,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for module in modules:
             print(f"== mutating {module}: {', '.join(MODULES[module][0])}", flush=True)
-            resumed = (ROOT / "runs" / "mutation" / module / "mutants").exists() and module in previous
+            resumed = (WORK / module / "mutants").exists() and module in previous
             result = run_module(module, rerun_survivors=args.rerun_survivors)
             if resumed:  # mutmut reran only what its cache lacked: the wall time is that of every sitting
                 result["wall_min"] = round(previous[module]["wall_min"] + result["wall_min"], 1)
