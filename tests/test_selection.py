@@ -23,6 +23,8 @@ def test_quotas_sum_exactly_and_never_exceed_a_cluster(sizes, target):
 def test_quota_example():
     assert proportional_quotas([50, 30, 20], 10) == [5, 3, 2]
     assert proportional_quotas([1, 1, 1], 2) == [1, 1, 0]  # ties to the lower index
+    assert proportional_quotas([0, 1, 0], 3) == [0, 1, 0]  # a single instance is kept
+    assert proportional_quotas([0, 0], 3) == [0, 0]  # nothing to share out
 
 
 def test_target_size():
