@@ -2,6 +2,7 @@
 metrics-only evaluation schedule, which must give the same AR / FWT / BWT as the full matrix."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -89,3 +90,31 @@ def test_order_labels_keep_a_runs_path_whatever_else_the_sweep_holds(task_dir, t
     with pytest.raises(ConfigError, match="1 order labels for 2 orders"):
         plan_sweep(config, ["sequential"], [("reverse", "upper", "count"), ("count", "upper", "reverse")], None, out,
                    order_labels=["order-1"])
+
+
+def test_a_later_invocation_reuses_stage_1_of_a_run_already_on_disk(task_dir, tiny_model_dir, tmp_path):
+    """The benchmark runs one method per invocation: stage 1 (plain fine-tuning on task 1) of a
+    run left by an earlier invocation, same order and seed, is reused, not trained again; a run
+    with another training setting is not a source."""
+    config = _config_file(task_dir, tiny_model_dir, tmp_path / "c.yaml", schedule="metrics")
+    out = tmp_path / "bench"
+    order, labels = [("reverse", "upper", "count")], ["order-1"]
+    run_sweep(config, ["sequential"], out, order, [3], echo=lambda *_: None, order_labels=labels)
+    lines = []
+    run_sweep(config, ["replay-random-10"], out, order, [3], echo=lines.append, order_labels=labels)
+    group = out / "order-1" / "seed-3"
+    steps = [json.loads(x) for x in (group / "replay-random-10" / "timings.jsonl").read_text().splitlines()]
+    assert {" ".join(s["step"].split()[:2]) for s in steps if s.get("shared_from") == str(group / "sequential")} == {
+        "eval 0-base", "train 1-reverse", "eval 1-reverse"}
+    assert not any(s["step"] == "train 1-reverse" and "shared_from" not in s for s in steps)
+    adapter = Path("stages") / "1-reverse" / "adapter" / "adapter_model.safetensors"
+    assert (group / "replay-random-10" / adapter).read_bytes() == (group / "sequential" / adapter).read_bytes()
+    assert any("reused from" in line for line in lines)
+    # another learning rate: another stage 1, computed afresh
+    run_sweep(config, ["ewc"], out, order, [3], overrides=["train.lr=0.02"], echo=lambda *_: None, order_labels=labels)
+    ewc = [json.loads(x) for x in (group / "ewc" / "timings.jsonl").read_text().splitlines()]
+    assert not any("shared_from" in s for s in ewc)
+    # and a source is one that matches, not merely the first beside it (ewc sorts first, at another lr)
+    run_sweep(config, ["l2"], out, order, [3], echo=lambda *_: None, order_labels=labels)
+    l2 = [json.loads(x) for x in (group / "l2" / "timings.jsonl").read_text().splitlines()]
+    assert {s.get("shared_from") for s in l2 if s["step"].startswith("train 1-")} == {str(group / "replay-random-10")}

@@ -710,23 +710,9 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
     redone. The copied steps' timings come along, so wall times stay comparable.
     Returns whether anything was copied.
     """
-
-    saved = source / "config.yaml"
-    if not saved.exists() or cfg.method.name not in SHARED_FIRST_STAGE or (target / "stages").exists():
+    if (target / "stages").exists() or not first_stage_shareable(source, cfg):
         return False
-    try:
-        previous = config_mod.with_legacy_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")))
-        if previous["method"]["name"] not in SHARED_FIRST_STAGE:
-            return False
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
-        return False
-    if any(not line.startswith("method.") for line in config_mod.diff(previous, config_mod.to_dict(resolve_settings(cfg)))):
-        return False
-    if any(t.learnt for t in cfg.tasks):
-        return False  # replay / ssr rehearse the learnt tasks in stage 1: not sequential's stage 1
     first = f"1-{cfg.tasks[0].name}"
-    if not (source / "stages" / first / "adapter").exists():
-        return False
     for name in (BASE_STAGE.name, first):
         shutil.copytree(source / "stages" / name, target / "stages" / name)
     timings = source / "timings.jsonl"
@@ -737,6 +723,24 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
         (target / "timings.jsonl").write_text("".join(json.dumps(s) + "\n" for s in copied))
     log.info("reused %s and %s from %s", BASE_STAGE.name, first, source)
     return True
+
+
+def first_stage_shareable(source: Path, cfg: RunConfig) -> bool:
+    """Whether `source` (a run directory) holds a finished stage 1 that a run of `cfg` would
+    compute identically: both methods in SHARED_FIRST_STAGE, configs equal apart from `method.*`,
+    and no learnt task (replay / ssr rehearse those already in stage 1)."""
+    saved = source / "config.yaml"
+    if not saved.exists() or cfg.method.name not in SHARED_FIRST_STAGE or any(t.learnt for t in cfg.tasks):
+        return False
+    try:
+        previous = config_mod.with_legacy_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")))
+        if previous["method"]["name"] not in SHARED_FIRST_STAGE:
+            return False
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return False
+    if any(not line.startswith("method.") for line in config_mod.diff(previous, config_mod.to_dict(resolve_settings(cfg)))):
+        return False
+    return (source / "stages" / f"1-{cfg.tasks[0].name}" / "adapter").exists()
 
 
 def wall_seconds(run_dir: Path, own_only: bool = False) -> float:
@@ -757,4 +761,4 @@ def _sources(rows: list[dict]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
 
 
-__all__ = ["run", "prepare", "resolve_settings", "RunContext", "ModelState", "RunDir", "evaluate_stage", "share_first_stage", "wall_seconds"]
+__all__ = ["run", "prepare", "resolve_settings", "RunContext", "ModelState", "RunDir", "evaluate_stage", "share_first_stage", "first_stage_shareable", "wall_seconds"]

@@ -10,7 +10,8 @@ A sweep is a folder of ordinary run directories, so an interrupted sweep resumes
 
 Within one order and seed, the continual variants (sequential, replay, ssr, l2, ewc) share the base
 evaluation and stage 1: plain fine-tuning on the first task is the same computation for all of
-them, so it is computed once (see `runner.share_first_stage`).
+them, so it is computed once (see `runner.share_first_stage`), also across invocations (a run of
+the same order and seed already on disk, e.g. from an earlier `--methods sequential`, is a source).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ssr.config import RunConfig, load_config, to_dict, validate
 from ssr.errors import ConfigError
 from ssr.io import write_json, write_text
 from ssr.runlock import run_lock
-from ssr.runner import SHARED_FIRST_STAGE, RunDir, prepare, run
+from ssr.runner import SHARED_FIRST_STAGE, RunDir, first_stage_shareable, prepare, run
 
 log = logging.getLogger("ssr")
 
@@ -163,7 +164,7 @@ def _run_planned(planned: list[tuple[SweepRun, RunConfig]], variants: list[str],
         group = (sweep_run.order_label, sweep_run.seed)
         echo(f"== [{n}/{len(planned)}] {sweep_run.variant}, {sweep_run.order_label} ({','.join(sweep_run.order)}), "
              f"seed {sweep_run.seed} -> {sweep_run.path}")
-        source = first_stage_of.get(group)
+        source = first_stage_of.get(group) or _finished_sibling(sweep_run.path, cfg)
 
         def note(shared: bool, source=source) -> None:
             if shared:
@@ -178,6 +179,14 @@ def _run_planned(planned: list[tuple[SweepRun, RunConfig]], variants: list[str],
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", summary_table(summary) + "\n")
     return summary
+
+
+def _finished_sibling(path: Path, cfg: RunConfig) -> Path | None:
+    """A run beside `path` (same order and seed, from an earlier invocation) whose stage 1 this
+    run may reuse, if any; the first in name order, so the choice is reproducible."""
+    if (path / "stages").exists() or not path.parent.is_dir():
+        return None
+    return next((d for d in sorted(path.parent.iterdir()) if d != path and first_stage_shareable(d, cfg)), None)
 
 
 def finished_runs(out: str | Path) -> list[Path]:
