@@ -55,13 +55,15 @@ bench-general: install
 bench-quick: install
 	$(BIN)/python benchmarks/throughput.py --markdown BENCHMARKS.md --json runs/bench/throughput.json
 
-# Mutation testing (mutmut, one worker, each core module against its own unit tests only; not
-# part of `make test`): kill rates per module into BENCHMARKS.md. `make mutation MODULES=selection,evaluation`
-# for some modules; results are cached under runs/mutation, so a rerun resumes.
+# Mutation testing (mutmut, each core module against its own unit tests only; not part of
+# `make test`): kill rates per module into BENCHMARKS.md. `make mutation MODULES=selection,evaluation`
+# for some modules, WORKERS=2 on an otherwise idle machine; results are cached under
+# runs/mutation, so a rerun resumes.
 MODULES ?= selection,evaluation,synthesis,statistics,data,config,training,methods,runner
+WORKERS ?= 1
 mutation: install
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install -q -e ".[mutation]"
-	nice -n 15 $(BIN)/python benchmarks/mutation.py --modules $(MODULES) --markdown BENCHMARKS.md
+	nice -n 15 $(BIN)/python benchmarks/mutation.py --modules $(MODULES) --workers $(WORKERS) --markdown BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

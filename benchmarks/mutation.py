@@ -6,7 +6,7 @@ Each module is mutated in a work directory of its own (`runs/mutation/<module>/`
 `src/`, `tests/` and a pyproject.toml whose `[tool.mutmut]` names that module's files and its
 fast unit tests), so each mutant is judged only by the tests meant for it, and no mutation run
 loads SmolLM2 or starts vLLM (the tests listed use the tiny random model at most). mutmut runs
-with one worker (`--max-children 1`): the machine is shared. Results are cached by mutmut in
+with one worker by default (`--workers`, mutmut's `--max-children`): the machine is shared. Results are cached by mutmut in
 the work directory, so an interrupted run resumes; mutmut keeps a verdict even when the tests
 change, so after new tests `--rerun-survivors` judges the survivors again (and only them).
 
@@ -107,7 +107,7 @@ def statuses(work: Path) -> dict[str, str]:
     return dict(re.findall(r"^\s*([\w.]+__mutmut_\d+): ([\w ]+?)\s*$", out, flags=re.M))
 
 
-def run_module(module: str, rerun_survivors: bool = False) -> dict:
+def run_module(module: str, rerun_survivors: bool = False, workers: int = 1) -> dict:
     """mutmut over the module (resuming its cache); `rerun_survivors`: judge again, with the tests
     as they are now, only the mutants that survived (mutmut keeps a verdict until asked again)."""
     work = prepare(module)
@@ -120,12 +120,12 @@ def run_module(module: str, rerun_survivors: bool = False) -> dict:
     returncode = 0
     if patterns or not rerun_survivors:  # no survivor to judge again: no run (mutmut would run everything)
         with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
-            returncode = subprocess.run([*nice, str(MUTMUT), "run", "--max-children", "1", *patterns], cwd=work,
+            returncode = subprocess.run([*nice, str(MUTMUT), "run", "--max-children", str(workers), *patterns], cwd=work,
                                         env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.time() - started
     return {**tally(module, work), "wall_min": round(wall / 60, 1), "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()], "returncode": returncode,
-            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
+            "workers": workers, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
 def tally(module: str, work: Path) -> dict:
@@ -162,7 +162,7 @@ def tally(module: str, work: Path) -> dict:
 def markdown(results: list[dict], command: str, note: str = "") -> str:
     lines = [
         SECTION, "",
-        f"Measured on {cpu_description()} ({os.cpu_count()} cores), mutmut {_mutmut_version()}, one worker, each module against "
+        f"Measured on {cpu_description()} ({os.cpu_count()} cores), mutmut {_mutmut_version()}, each module against "
         f"its own unit tests only. Command: `{command}`.{note}",
         "Kill rate = killed (a test failed or timed out) / (mutants − equivalent); equivalent survivors are listed with "
         "the reason in `tests/mutation_equivalents.md`. *No test*: mutants in functions none of the module's selected "
@@ -179,7 +179,7 @@ def markdown(results: list[dict], command: str, note: str = "") -> str:
         reached = "–" if r.get("kill_rate_reached") is None else f"{r['kill_rate_reached']:.1f} %"
         lines.append(f"| {r['module']} | {files} | {tests} | {r['mutants']} | {r['killed']} ({r.get('timeouts', '?')}) | {r['equivalent']} | "
                      f"{r.get('no_tests', '–')} | {len(r['survived'])} | {rate} | {reached} | {r.get('finished', '–')} | "
-                     f"{r['wall_min']} min | {r['load_before'][0]} → {r['load_after'][0]} |")
+                     f"{r['wall_min']} min, {r.get('workers', 1)} worker{'s' if r.get('workers', 1) > 1 else ''} | {r['load_before'][0]} → {r['load_after'][0]} |")
     untested = [(r["module"], f) for r in results for f in r.get("untested_functions", [])]
     if untested:
         lines += ["", "Functions no selected test reaches (their mutants are the *no test* column; tested elsewhere by "
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="judge the surviving mutants again (e.g. after new tests), nothing else")
     parser.add_argument("--tally-only", action="store_true",
                         help="run nothing: recount the modules already run (e.g. after new tests or equivalents)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="mutants judged at once (mutmut's --max-children); 1 leaves the machine to other work")
     args = parser.parse_args(argv)
     modules = [m for m in args.modules.split(",") if m]
     unknown = sorted(set(modules) - set(MODULES))
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             print(f"== mutating {module}: {', '.join(MODULES[module][0])}", flush=True)
             resumed = (WORK / module / "mutants").exists() and module in previous
-            result = run_module(module, rerun_survivors=args.rerun_survivors)
+            result = run_module(module, rerun_survivors=args.rerun_survivors, workers=args.workers)
             if resumed:  # mutmut reran only what its cache lacked: the wall time is that of every sitting
                 result["wall_min"] = round(previous[module]["wall_min"] + result["wall_min"], 1)
             # reread: another module's run may have written the file since this one started
