@@ -85,6 +85,22 @@ def test_kmeans_edge_cases():
     assert set(kmeans_select(emb, 4, 3, seed=0, fit_on=emb[[0, 59]]).clusters) == {0, 1}
 
 
+def test_kmeans_is_sklearns_with_ten_restarts_fit_on_at_most_as_many_clusters_as_points():
+    """The clusters are sklearn's KMeans(n_clusters, random_state=seed, n_init=10), run here;
+    on these points ten and eleven restarts end in different clusterings. Supervised: never
+    more clusters than demonstrations, nor than points to choose from."""
+    from sklearn.cluster import KMeans
+
+    points = np.random.default_rng(11).normal(size=(60, 3)).astype(np.float32)
+    fits = {n: KMeans(n_clusters=8, random_state=0, n_init=n).fit(points).labels_.tolist() for n in (10, 11)}
+    assert fits[10] != fits[11]  # the data tells the number of restarts apart
+    assert kmeans_select(points, 8, 8, seed=0).clusters == fits[10]
+    # 4 points to choose from, 12 demonstrations, 10 clusters asked: 4 clusters, fit on the demonstrations
+    demos, few = points[:12], points[40:44]
+    want = KMeans(n_clusters=4, random_state=0, n_init=10).fit(demos).predict(few).tolist()
+    assert kmeans_select(few, 2, 10, seed=0, fit_on=demos).clusters == want
+
+
 def test_encoder_path_resolves_only_packaged_names(monkeypatch):
     import importlib.util
 
@@ -141,19 +157,12 @@ def test_select_with_the_packaged_encoder(monkeypatch):
 def test_embedding_pooling_mean_cls_and_pooler(tmp_path):
     """Each pooling against the encoder's own outputs, computed here directly."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from ssr.selection import embed
 
-    words = "apple river stone cloud green quick seven table".split()
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=32, max_position_embeddings=64)).eval()
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    texts = ["apple river", "stone cloud green quick", "seven"]
+    path = tmp_path / "bert"
+    tokenizer, model = _tiny_bert(path, 64, None)
+    texts = ["w1 w2", "w3 w4 w5 w6", "w7"]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         out = model(**batch)
@@ -165,14 +174,39 @@ def test_embedding_pooling_mean_cls_and_pooler(tmp_path):
     }
     got = {}
     for pooling, vectors in expected.items():
-        got[pooling] = embed(texts, str(tmp_path), pooling=pooling)
+        got[pooling] = embed(texts, str(path), pooling=pooling)
         want = torch.nn.functional.normalize(vectors, dim=-1).numpy()
         assert np.allclose(got[pooling], want, atol=1e-5), pooling
         assert got[pooling].dtype == np.float32
     assert not np.allclose(got["cls"], got["pooler"], atol=1e-3)
-    assert np.array_equal(embed(texts, str(tmp_path)), got["mean"])  # mean pooling is the default
+    assert np.array_equal(embed(texts, str(path)), got["mean"])  # mean pooling is the default
     with pytest.raises(ValueError, match="unknown pooling 'max'"):
-        embed(texts, str(tmp_path), pooling="max")
+        embed(texts, str(path), pooling="max")
+
+
+def test_select_one_per_cluster_clusters_into_k():
+    """`select(..., one_per_cluster=True)` (the open-domain rule) makes k clusters whatever
+    n_clusters says, and takes the text nearest each centroid (sklearn and MiniLM, run here)."""
+    from sklearn.cluster import KMeans
+
+    texts = [f"a review about {w} that was great" for w in "apples pears phones cables cars bikes".split()]
+    sel = select(texts, 3, "kmeans", seed=0, n_clusters=1, one_per_cluster=True)
+    emb = _minilm(texts)
+    labels = KMeans(n_clusters=3, random_state=0, n_init=10).fit(emb).labels_.tolist()
+    assert sel.clusters == labels and sel.indices == _nearest_to_each_centroid(emb, labels)
+
+
+def test_embedding_draws_no_progress_bar_even_when_logging_at_info(caplog, capfd):
+    """A run logs at INFO, where sentence-transformers would draw a bar of its own for every
+    call: the pipeline's bar is the one shown."""
+    import logging
+
+    from ssr.selection import embed
+
+    caplog.set_level(logging.INFO)
+    capfd.readouterr()
+    vectors = embed(["one text", "another text"], "all-MiniLM-L6-v2")
+    assert vectors.shape[0] == 2 and capfd.readouterr().err == ""
 
 
 def _tiny_bert(path, positions: int, model_max_length: int | None):
