@@ -3,7 +3,7 @@
     python benchmarks/mutation.py [--modules selection,evaluation] [--markdown BENCHMARKS.md]
 
 Each module is mutated in a work directory of its own (`runs/mutation/<module>/`: a copy of
-`src/`, `tests/` and a pyproject.toml whose `[tool.mutmut]` names that module's files and its
+`src/`, `tests/`, `configs/` and a pyproject.toml whose `[tool.mutmut]` names that module's files and its
 fast unit tests), so each mutant is judged only by the tests meant for it, and no mutation run
 loads SmolLM2 or starts vLLM (the tests listed use the tiny random model at most). mutmut runs
 with one worker by default (`--workers`, mutmut's `--max-children`): the machine is shared. Results are cached by mutmut in
@@ -77,7 +77,7 @@ def prepare(module: str) -> Path:
     files, tests, _ = MODULES[module]
     work = WORK / module
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("src", "tests"):
+    for name in ("src", "tests", "configs"):  # configs: the shipped configs' tests load them
         shutil.rmtree(work / name, ignore_errors=True)
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     toml = (ROOT / "pyproject.toml").read_text()
@@ -85,6 +85,7 @@ def prepare(module: str) -> Path:
     toml += (
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
+        'also_copy = ["configs"]\n'
         f"only_mutate = {quoted(files)}\n"
         f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
@@ -113,10 +114,18 @@ def run_module(module: str, rerun_survivors: bool = False, workers: int = 1) -> 
     work = prepare(module)
     # one thread: an idle OpenMP thread spinning beside a busy machine burns the worker's CPU-time limit
     env = {**os.environ, "PYTHONPATH": "", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    shared = ROOT.parent / "shared" / "data"  # the work copy sits elsewhere: point the shared-data tests at it
+    if "SSR_SHARED_DATA" not in env and (shared / "superni").is_dir():
+        env["SSR_SHARED_DATA"] = str(shared)
     started, load_before = time.time(), os.getloadavg()
     nice = ["nice", "-n", str(15 - os.nice(0))] if os.nice(0) < 15 else []  # niceness 15 on the shared machine
-    # the survivors in scope, equivalents aside (tally's list), else every mutant of the module's functions
-    patterns = tally(module, work)["survived"] if rerun_survivors else MODULES[module][2] or []
+    # the survivors in scope, equivalents aside (tally's list), and the mutants of functions no
+    # selected test called (a new test may call them now); else every mutant of the module's functions
+    if rerun_survivors:
+        judged = tally(module, work)
+        patterns = judged["survived"] + [f"{f}__mutmut_*" for f in judged["untested_functions"]]
+    else:
+        patterns = MODULES[module][2] or []
     returncode = 0
     if patterns or not rerun_survivors:  # no survivor to judge again: no run (mutmut would run everything)
         with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
@@ -225,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown modules {unknown}; known: {list(MODULES)}")
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
+    failed: list[str] = []
     if args.tally_only:
         recount(modules, previous, args.json)
     else:
@@ -232,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== mutating {module}: {', '.join(MODULES[module][0])}", flush=True)
             resumed = (WORK / module / "mutants").exists() and module in previous
             result = run_module(module, rerun_survivors=args.rerun_survivors, workers=args.workers)
+            if result["returncode"] != 0:  # e.g. a test failing on the unmutated code: no verdict to record
+                print(f"   mutmut failed (exit {result['returncode']}); nothing recorded: see "
+                      f"{WORK / module / 'mutmut-run.log'}", file=sys.stderr, flush=True)
+                failed.append(module)
+                continue
             if resumed:  # mutmut reran only what its cache lacked: the wall time is that of every sitting
                 result["wall_min"] = round(previous[module]["wall_min"] + result["wall_min"], 1)
             # reread: another module's run may have written the file since this one started
@@ -247,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "nice -n 15 python benchmarks/mutation.py " + " ".join(sys.argv[1:] if argv is None else argv)
         note = " Counts recomputed from mutmut's cache with `--tally-only` (nothing rerun)." if args.tally_only else ""
         replace_section(args.markdown, SECTION, markdown(done, command.strip(), note))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

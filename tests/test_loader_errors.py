@@ -26,7 +26,7 @@ SUPERNI_ROWS = [  # (bad second line, expected ":line: field ...: message")
      ":2: field 'full_prompt': expected the task definition, a blank line, then the input"),
     ('{"input": "x", "output": null, "full_prompt": "d\\n\\nx"}', ":2: field 'output': expected a string, got NoneType"),
     ('"just a string"', ":2: expected a JSON object, got str"),
-    ("[" * 5000 + "]" * 5000, ":2: not valid JSON"),
+    ("[" * 5000 + "]" * 5000, ":2: not valid JSON (nested too deeply at column 1)"),
 ]
 
 
@@ -59,9 +59,10 @@ def test_plain_jsonl_row_errors(tmp_path, line, message):
 
 def test_plain_jsonl_needs_no_instruction_when_the_config_gives_the_definition(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text('{"input": "x", "output": "y"}\n')
-    [inst] = load_instances(path, definition="Given.")
-    assert (inst.definition, inst.input, inst.output, inst.id) == ("Given.", "x", "y", "p-1")
+    path.write_text('{"input": "x", "output": "y"}\n{"id": "own", "input": "u", "output": "v"}\n')
+    first, second = load_instances(path, definition="Given.")
+    assert (first.definition, first.input, first.output, first.id) == ("Given.", "x", "y", "p-1")
+    assert second.id == "own"  # a row's own string id is kept
 
 
 def test_empty_files_have_no_instances(tmp_path):
@@ -79,13 +80,52 @@ def test_file_level_errors(tmp_path):
         load_instances(tmp_path)
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"input": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=re.escape(f"{latin}:2: not UTF-8 text (byte 0xe9 at column 15)")):
+    with pytest.raises(DataError) as err:
         load_instances(latin)
+    assert str(err.value) == f"{latin}:2: not UTF-8 text (byte 0xe9 at column 15); expected JSON Lines"
+
+
+def test_an_unreadable_jsonl_file_says_why(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n")
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    with pytest.raises(DataError) as err:
+        load_instances(path)
+    assert str(err.value) == f"{path}: cannot be read (Permission denied)"
+
+
+def test_skipped_jsonl_rows_are_logged_once_with_the_first_error(tmp_path, caplog):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n{oops\n" + json.dumps({**GOOD, "output": ""}) + "\n")
+    policy = RowPolicy(skip_bad_rows=True)
+    assert len(load_instances(path, policy=policy)) == 1 and policy.skipped == 2
+    assert caplog.messages == [f"skipping malformed rows (data.skip_bad_rows); first: {path}:2: not valid JSON "
+                               "(Expecting property name enclosed in double quotes at column 2)"]
+
+
+def test_empty_inputs_are_allowed_and_ids_must_be_strings(tmp_path):
+    """An input may be empty (an instruction alone, as in Alpaca); only a string `id` is kept,
+    any other is replaced by file stem and line."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({**GOOD, "input": "", "id": 5}) + "\n")
+    [inst] = load_instances(path, fmt="superni")
+    assert (inst.input, inst.id) == ("", "rows-1")
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({**PLAIN, "input": "", "id": ["x"]}) + "\n")
+    [inst] = load_instances(plain)
+    assert (inst.input, inst.id) == ("", "plain-1")
 
 
 NI_DOCS = [  # (document text, expected "field ...: message" after the path)
-    ('{"Definition": ["d"], "Instances": [{"input": "x", "output": ["y"]}', ":1: not valid JSON"),
-    ('{"Definition": ["d"]}\n{"Instances": []}', ":2: not valid JSON (Extra data); the .json extension selects"),
+    ('{"Definition": ["d"], "Instances": [{"input": "x", "output": ["y"]}', ":1: not valid JSON (Expecting ',' delimiter)"),
+    ('{"Definition": ["d"]}\n{"Instances": []}', ":2: not valid JSON (Extra data); the .json extension selects the "
+     "natural-instructions format (one JSON object): for JSON Lines, name the file .jsonl or set the task's `format`"),
     ('["d"]', ": expected a natural-instructions task object"),
     ('{"Instances": [{"input": "x", "output": ["y"]}]}', ": field 'Definition': expected a non-empty string or list of strings"),
     ('{"Definition": [" "], "Instances": []}', ": field 'Definition': expected a non-empty string or list of strings"),
@@ -105,8 +145,35 @@ NI_DOCS = [  # (document text, expected "field ...: message" after the path)
 def test_natural_instructions_errors(tmp_path, doc, message):
     path = tmp_path / "task.json"
     path.write_text(doc)
-    with pytest.raises(DataError, match="^" + re.escape(f"{path}{message}")):
+    with pytest.raises(DataError) as err:
         load_instances(path)
+    assert str(err.value) == f"{path}{message}"
+
+
+def test_natural_instructions_file_errors_and_skipped_rows(tmp_path, monkeypatch, caplog):
+    """A task file that is not UTF-8 names the line of the bad byte; one that cannot be read says
+    why; skipped instances are each counted and logged with the error."""
+    from pathlib import Path
+
+    path = tmp_path / "task.json"
+    path.write_bytes(b'{"Definition": "d",\n "Instances": [\n {"input": "caf\xe9", "output": "y"}]}')
+    with pytest.raises(DataError) as err:
+        load_instances(path)
+    assert str(err.value) == f"{path}:3: not UTF-8 text (byte 0xe9); expected a JSON task file"
+    path.write_text('{"Definition": "d", "Instances": [{"input": "x"}, {"input": "y", "output": "z"}, {"output": "w"}]}')
+    policy = RowPolicy(skip_bad_rows=True)
+    assert [i.input for i in load_instances(path, policy=policy)] == ["y"] and policy.skipped == 2
+    assert caplog.messages == [
+        f"skipping malformed row: {path}: field 'Instances[0].output': expected a string or a non-empty list of strings",
+        f"skipping malformed row: {path}: field 'Instances[2].input': expected a string"]
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    with pytest.raises(DataError) as err:
+        load_instances(path)
+    assert str(err.value) == f"{path}: cannot be read (Permission denied)"
 
 
 def test_natural_instructions_definition_and_references(tmp_path):
