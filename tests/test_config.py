@@ -104,3 +104,101 @@ def test_cpu_configs_keep_their_own_generation_budgets():
         raw = yaml.safe_load(path.read_text())
         assert raw.get("eval", {}).get("max_new_tokens") or all("max_new_tokens" in t for t in raw["tasks"]), path
         assert raw["method"].get("synth_max_new_tokens"), path
+
+
+def _written(tmp_path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def _message(fn) -> str:
+    with pytest.raises(ConfigError) as err:
+        fn()
+    return str(err.value)
+
+
+def test_error_lines_inside_lists_and_for_keys_not_given(tmp_path):
+    """A problem inside a list item names the line of its key; a missing key, the line of the
+    item holding it (lines worked out by hand from the text)."""
+    path = _written(tmp_path, "seed: 3\n"
+                              "tasks:\n"
+                              "  - {name: a, train: a.jsonl}\n"
+                              "  - name: b\n"
+                              "    train: b.jsonl\n"
+                              "    max_new_tokens: 0\n"
+                              "  - train: c.jsonl\n")
+    assert _message(lambda: load_config(path)).splitlines() == [
+        f"{path}:6: field 'tasks.1.max_new_tokens': Input should be greater than or equal to 1 (got 0)",
+        f"{path}:7: field 'tasks.2.name': Field required"]
+    fixed = _written(tmp_path, path.read_text().replace("max_new_tokens: 0", "max_new_tokens: 5").replace(
+        "  - train: c.jsonl\n", ""))
+    cfg = load_config(fixed)
+    assert cfg.where("seed") == f"{fixed}:1"  # a top-level key
+    assert cfg.where("tasks", 1, "definition") == f"{fixed}:4"  # not given: the item's line, not the list's
+    assert cfg.where("nothing") == str(fixed)
+
+
+def test_what_was_given_is_quoted_only_for_a_value(tmp_path):
+    """`(got ...)` follows a wrong value, cut to 80 characters; never a missing key, a mapping
+    or a list (which would quote half the file); the top level is named as such."""
+    assert _message(lambda: validate({})) == "config: field 'tasks': Field required"
+    assert _message(lambda: validate({**BASE, "seed": [1]})) == "config: field 'seed': Input should be a valid integer"
+    assert _message(lambda: validate([1])) == (
+        "config: field '(top level)': Input should be a valid dictionary or instance of RunConfig")
+    exactly = "x" * 78  # its repr, quotes included, is 80 characters: shown whole
+    assert _message(lambda: validate({**BASE, "seed": exactly})).endswith(f"(got '{exactly}')")
+    longer = "y" * 79  # 81 characters: the first 77, then "..."
+    assert _message(lambda: validate({**BASE, "seed": longer})).endswith("(got '" + "y" * 76 + "...)")
+
+
+def test_merge_keys_are_allowed_and_duplicates_found_wherever_they_are(tmp_path):
+    """YAML merges (`<<: *base`, then keys that override) are not duplicates; a key given twice is
+    refused naming both lines, also after a merge or after a key that is not a plain value."""
+    path = _written(tmp_path, "tasks:\n"
+                              "  - &first {name: sentiment, builtin: true}\n"
+                              "  - <<: *first\n"
+                              "    name: product\n")
+    assert [t.name for t in load_config(path).tasks] == ["sentiment", "product"]
+    merged_twice = _written(tmp_path, "tasks:\n"
+                                      "  - &first {name: sentiment, builtin: true}\n"
+                                      "  - <<: *first\n"
+                                      "    name: product\n"
+                                      "    name: city\n")
+    assert _message(lambda: load_config(merged_twice)) == (
+        f"{merged_twice}:5: not valid YAML: duplicate key 'name' (first given on line 4)")
+    after_a_list_key = _written(tmp_path, "? [a, b]\n: 1\nseed: 1\nseed: 2\n")
+    assert _message(lambda: load_config(after_a_list_key)) == (
+        f"{after_a_list_key}:4: not valid YAML: duplicate key 'seed' (first given on line 3)")
+
+
+def test_a_yaml_alias_cycle_is_a_config_error(tmp_path):
+    path = _written(tmp_path, "tasks:\n  - {name: sentiment, builtin: true}\nseed: &x [*x]\n")
+    assert _message(lambda: load_config(path)) == f"{path}: not valid YAML: nested too deeply"
+
+
+def test_alias_expansion_is_counted_exactly_up_to_the_limit(tmp_path):
+    """By hand: a node counts 1 plus its children (a mapping: keys and values), an alias as
+    often as it is used. `a: &x [k zeros]`, `b: [*x] * m` and `extra` scalar pairs make
+    1 (the document) + 2 (keys a, b) + (1 + k) + (1 + m(1 + k)) + 2 extra."""
+    from ssr.config import MAX_CONFIG_VALUES
+
+    def doc(k: int, m: int, extra: int) -> str:
+        return ("a: &x [" + ", ".join(["0"] * k) + "]\n" + "b: [" + ", ".join(["*x"] * m) + "]\n"
+                + "".join(f"c{i}: 0\n" for i in range(extra)))
+
+    size = lambda k, m, extra: 1 + 2 + (1 + k) + 1 + m * (1 + k) + 2 * extra  # noqa: E731
+    k, m = 998, 99  # 1 + 2 + 999 + 1 + 99 * 999 = 99,904
+    extra = (MAX_CONFIG_VALUES - size(k, m, 0)) // 2  # fill up with scalar pairs to exactly the limit
+    assert size(k, m, extra) == MAX_CONFIG_VALUES
+    at_limit = _written(tmp_path, doc(k, m, extra))
+    assert "more than" not in _message(lambda: load_config(at_limit))  # counted as the limit: on to validation
+    over = _written(tmp_path, doc(k, m, extra) + "d: 0\n")  # one pair more: 2 values over
+    assert _message(lambda: load_config(over)) == (
+        f"{over}: more than {MAX_CONFIG_VALUES} values once its YAML aliases are expanded; not a run config")
+
+
+def test_empty_and_unreadable_set_values(tmp_path):
+    assert apply_overrides({}, ["a.b="]) == {"a": {"b": ""}}  # an empty value is the empty string
+    message = _message(lambda: apply_overrides({}, ["seed=\x07"]))
+    assert message.startswith("--set seed: not a valid YAML value: unacceptable character #x0007") and "\n" not in message

@@ -457,7 +457,8 @@ def _parse_value(key: str, text: str) -> Any:
     try:
         return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: not a valid YAML value: {getattr(err, 'problem', None) or err}") from None
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())  # one line, whatever the error
+        raise ConfigError(f"--set {key}: not a valid YAML value: {problem}") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
