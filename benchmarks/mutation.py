@@ -3,12 +3,13 @@
     python benchmarks/mutation.py [--modules selection,evaluation] [--markdown BENCHMARKS.md]
 
 Each module is mutated in a work directory of its own (`runs/mutation/<module>/`: a copy of
-`src/`, `tests/`, `configs/` and a pyproject.toml whose `[tool.mutmut]` names that module's files and its
-fast unit tests), so each mutant is judged only by the tests meant for it, and no mutation run
-loads SmolLM2 or starts vLLM (the tests listed use the tiny random model at most). mutmut runs
-with one worker by default (`--workers`, mutmut's `--max-children`): the machine is shared. Results are cached by mutmut in
-the work directory, so an interrupted run resumes; mutmut keeps a verdict even when the tests
-change, so after new tests `--rerun-survivors` judges the survivors again (and only them).
+`src/`, `tests/`, `configs/` and a pyproject.toml whose `[tool.mutmut]` names that module's
+files and its fast unit tests), so each mutant is judged only by the tests meant for it, and no
+mutation run loads SmolLM2 or starts vLLM (the tests listed use the tiny random model at most).
+mutmut runs with one worker by default (`--workers`, mutmut's `--max-children`): the machine is
+shared. Results are cached by mutmut in the work directory, so an interrupted run resumes;
+mutmut keeps a verdict even when the tests change, so after new tests `--rerun-survivors`
+judges the survivors again (and only them).
 
 Kill rate = killed / (mutants - equivalent), where killed counts mutants that made a test fail
 or time out, and `equivalent` are the survivors listed, with the reason, in
