@@ -202,3 +202,109 @@ def test_empty_and_unreadable_set_values(tmp_path):
     assert apply_overrides({}, ["a.b="]) == {"a": {"b": ""}}  # an empty value is the empty string
     message = _message(lambda: apply_overrides({}, ["seed=\x07"]))
     assert message.startswith("--set seed: not a valid YAML value: unacceptable character #x0007") and "\n" not in message
+
+
+def test_diff_lists_every_changed_absent_and_added_key_by_hand():
+    old = {"seed": 1, "train": {"lr": 0.1, "epochs": 2}, "tasks": [{"name": "a"}], "eval": {"batch_size": 4}}
+    new = {"seed": 1, "train": {"lr": 0.2}, "tasks": [{"name": "a"}, {"name": "b"}], "eval": {"batch_size": 8},
+           "extra": None}
+    assert diff(old, new) == ["extra: '<absent>' -> None", "tasks.1.name: '<absent>' -> 'b'",
+                              "train.epochs: 2 -> '<absent>'", "train.lr: 0.1 -> 0.2"]  # eval.batch_size: runtime only
+    assert diff(new, old) == ["extra: None -> '<absent>'", "tasks.1.name: 'b' -> '<absent>'",
+                              "train.epochs: '<absent>' -> 2", "train.lr: 0.2 -> 0.1"]
+
+
+def test_saved_config_is_written_in_schema_order_and_keeps_unicode():
+    from ssr.config import to_yaml
+
+    cfg = validate({"tasks": [{"name": "a", "train": "a.jsonl", "definition": "Résumé en français."}], "seed": 3})
+    text = to_yaml(cfg)
+    assert [line.split(":")[0] for line in text.splitlines() if line[:1].isalpha()] == [
+        "seed", "model", "tasks", "data", "train", "eval", "generation", "method"]
+    assert "definition: Résumé en français." in text
+
+
+def test_a_saved_config_from_before_new_keys_reads_as_the_code_then_ran():
+    """Keys a saved config predates are the defaults, except generation.backend / vllm_adapters
+    (hf / lora then): the same dict the config would give today with those two spelt out."""
+    from ssr.config import with_legacy_defaults
+
+    old = {"seed": 3, "tasks": [{"name": "a", "train": "/d/a.jsonl"}], "train": {"lr": 0.01, "lora": {"r": 4}},
+           "method": {"name": "replay", "demos_override": {"a": "/d/demos.jsonl"}}}
+    before = yaml.safe_dump(old)
+    spelt_out = {**old, "generation": {"backend": "hf", "vllm_adapters": "lora"}}
+    assert with_legacy_defaults(old) == to_dict(validate(spelt_out))
+    assert yaml.safe_dump(old) == before  # the saved dict itself is left alone
+    assert with_legacy_defaults({**old, "tasks": ["not a mapping"]})["tasks"] == ["not a mapping"]  # left to validation
+    empty = with_legacy_defaults(None)  # an unreadable file: the defaults, no tasks
+    assert "tasks" not in empty and empty["seed"] == validate(BASE).seed and empty["generation"]["backend"] == "hf"
+
+
+def test_relative_paths_everywhere_resolve_against_the_data_dir(tmp_path, monkeypatch):
+    """Task files, lm-eval include paths and task YAMLs, and demo overrides: relative ones
+    against `data.dir` (itself relative to the config file), absolute and `~` ones kept, lm-eval
+    task names kept; the config object given is not changed."""
+    from ssr.config import resolve_paths
+
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "cfg" / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"dir": "../data"},
+        "tasks": [{"name": "a", "train": "a.jsonl", "eval": "/abs/a.eval.jsonl", "demos": "~/a.demos.jsonl"},
+                  {"name": "b", "train": "b.jsonl"}],
+        "eval": {"general": {"lm_eval": {"tasks": ["arc_easy", "mine.yaml", "/abs/t.yml", "sub/other.yml"],
+                                         "include_path": ["tasks", "/abs/tasks"]}}},
+        "method": {"name": "ssr", "demos_override": {"a": "demos/a.jsonl", "b": "/abs/b.jsonl"}}}))
+    data = tmp_path / "data"
+    cfg = load_config(path)
+    assert cfg.data.dir == str(data)
+    assert (cfg.tasks[0].train, cfg.tasks[0].eval, cfg.tasks[0].demos) == (
+        str(data / "a.jsonl"), "/abs/a.eval.jsonl", "~/a.demos.jsonl")
+    lm = cfg.eval.general.lm_eval
+    assert lm.tasks == ["arc_easy", str(data / "mine.yaml"), "/abs/t.yml", str(data / "sub" / "other.yml")]
+    assert lm.include_path == [str(data / "tasks"), "/abs/tasks"]
+    assert cfg.method.demos_override == {"a": str(data / "demos" / "a.jsonl"), "b": "/abs/b.jsonl"}
+    given = validate({"tasks": [{"name": "a", "train": "a.jsonl"}]})
+    resolve_paths(given, tmp_path)
+    assert given.tasks[0].train == "a.jsonl" and given.data.dir is None
+    # a config given as a dict: relative to the working directory, and named "config"
+    monkeypatch.chdir(tmp_path)
+    raw = load_config(None, raw={"tasks": [{"name": "a", "train": "a.jsonl"}]})
+    assert raw.tasks[0].train == str(tmp_path / "a.jsonl") and raw.where("seed") == "config"
+    assert _message(lambda: load_config(None, raw={})) == "config: field 'tasks': Field required"
+
+
+def test_override_errors_and_locations(tmp_path):
+    """`--set` splits at the first `=`; an index past the list, or a key under a plain value,
+    is named; a value set on the command line is reported at `--set`, and the file's lines of
+    the keys not overridden stay."""
+    assert apply_overrides({"a": {}}, ["a.b=x=y"]) == {"a": {"b": "x=y"}}
+    assert _message(lambda: apply_overrides({"t": [1]}, ["t.1=2"])) == "--set t.1: '1' is not an index of a list of 1"
+    assert _message(lambda: apply_overrides({"a": {"b": 1}}, ["a.b.c=1"])) == "--set a.b.c: 'a.b' is not a mapping"
+    path = _written(tmp_path, "seed: 1\ntrain:\n  lr: 0.001\ntasks:\n  - {name: sentiment, builtin: true}\n")
+    assert _message(lambda: load_config(path, ["tasks.0.max_new_tokens=0"])) == (
+        "--set: field 'tasks.0.max_new_tokens': Input should be greater than or equal to 1 (got 0)")
+    assert _message(lambda: load_config(path, ["seed=x=1"])).startswith("--set: field 'seed': ")
+    cfg = load_config(path, ["seed=5"])
+    assert (cfg.where("seed"), cfg.where("train", "lr")) == (str(path), f"{path}:3")
+
+
+def test_unreadable_empty_and_non_mapping_config_files(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    empty = _written(tmp_path, "")
+    assert _message(lambda: load_config(empty)) == (
+        f"{empty}: the config must be a YAML mapping (key: value lines), got NoneType")
+    listed = _written(tmp_path, "- a\n")
+    assert _message(lambda: load_config(listed)) == (
+        f"{listed}: the config must be a YAML mapping (key: value lines), got list")
+    control = _written(tmp_path, "seed: 1\x07\n")
+    assert _message(lambda: load_config(control)) == (
+        f"{control}: not valid YAML: unacceptable character #x0007: special characters are not allowed "
+        f'in "<unicode string>", position 7')
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    assert _message(lambda: load_config(empty)) == f"{empty}: cannot be read (Permission denied)"
