@@ -122,9 +122,10 @@ def run_module(module: str, rerun_survivors: bool = False, workers: int = 1) -> 
     nice = ["nice", "-n", str(15 - os.nice(0))] if os.nice(0) < 15 else []  # niceness 15 on the shared machine
     # the survivors in scope, equivalents aside (tally's list), and the mutants of functions no
     # selected test called (a new test may call them now); else every mutant of the module's functions
-    if rerun_survivors:
+    if rerun_survivors:  # and the mutants not judged yet (new ones, of a function changed since)
         judged = tally(module, work)
         patterns = judged["survived"] + [f"{f}__mutmut_*" for f in judged["untested_functions"]]
+        patterns += [n for n, s in statuses(work).items() if s == "not checked"]
     else:
         patterns = MODULES[module][2] or []
     returncode = 0

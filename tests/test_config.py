@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -85,8 +87,6 @@ def test_diff_names_changed_keys_and_ignores_runtime_ones():
 
 
 def test_shipped_configs_are_valid():
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     paths = [*sorted((root / "configs").glob("*.yaml")), root / "src" / "ssr" / "configs" / "demo.yaml"]
     assert len(paths) >= 2
@@ -97,8 +97,6 @@ def test_shipped_configs_are_valid():
 def test_cpu_configs_keep_their_own_generation_budgets():
     """The release's 512-token answers and uncapped synthesis would blow the CPU configs' time
     budgets: each sets its answer length (run-wide or per task) and caps synthesis."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     for path in [*sorted((root / "configs").glob("*.yaml")), root / "src" / "ssr" / "configs" / "demo.yaml"]:
         raw = yaml.safe_load(path.read_text())
@@ -200,6 +198,8 @@ def test_alias_expansion_is_counted_exactly_up_to_the_limit(tmp_path):
 
 def test_empty_and_unreadable_set_values(tmp_path):
     assert apply_overrides({}, ["a.b="]) == {"a": {"b": ""}}  # an empty value is the empty string
+    assert _message(lambda: apply_overrides({}, ["seed=[1"])) == (
+        "--set seed: not a valid YAML value: expected ',' or ']', but got '<stream end>'")
     message = _message(lambda: apply_overrides({}, ["seed=\x07"]))
     assert message.startswith("--set seed: not a valid YAML value: unacceptable character #x0007") and "\n" not in message
 
@@ -208,10 +208,12 @@ def test_diff_lists_every_changed_absent_and_added_key_by_hand():
     old = {"seed": 1, "train": {"lr": 0.1, "epochs": 2}, "tasks": [{"name": "a"}], "eval": {"batch_size": 4}}
     new = {"seed": 1, "train": {"lr": 0.2}, "tasks": [{"name": "a"}, {"name": "b"}], "eval": {"batch_size": 8},
            "extra": None}
-    assert diff(old, new) == ["extra: '<absent>' -> None", "tasks.1.name: '<absent>' -> 'b'",
-                              "train.epochs: 2 -> '<absent>'", "train.lr: 0.1 -> 0.2"]  # eval.batch_size: runtime only
-    assert diff(new, old) == ["extra: None -> '<absent>'", "tasks.1.name: 'b' -> '<absent>'",
-                              "train.epochs: '<absent>' -> 2", "train.lr: 0.2 -> 0.1"]
+    assert diff(old, new) == ["extra: <absent> -> None", "tasks.1.name: <absent> -> 'b'",
+                              "train.epochs: 2 -> <absent>", "train.lr: 0.1 -> 0.2"]  # eval.batch_size: runtime only
+    assert diff(new, old) == ["extra: None -> <absent>", "tasks.1.name: 'b' -> <absent>",
+                              "train.epochs: <absent> -> 2", "train.lr: 0.2 -> 0.1"]
+    # whatever a value is, even the text shown for a missing key, it is not taken for absence
+    assert diff({}, {"note": "<absent>"}) == ["note: <absent> -> '<absent>'"]
 
 
 def test_saved_config_is_written_in_schema_order_and_keeps_unicode():
@@ -235,6 +237,9 @@ def test_a_saved_config_from_before_new_keys_reads_as_the_code_then_ran():
     spelt_out = {**old, "generation": {"backend": "hf", "vllm_adapters": "lora"}}
     assert with_legacy_defaults(old) == to_dict(validate(spelt_out))
     assert yaml.safe_dump(old) == before  # the saved dict itself is left alone
+    with_generation = {**old, "generation": {}}
+    with_legacy_defaults(with_generation)
+    assert with_generation["generation"] == {}  # nor the sections inside it
     assert with_legacy_defaults({**old, "tasks": ["not a mapping"]})["tasks"] == ["not a mapping"]  # left to validation
     empty = with_legacy_defaults(None)  # an unreadable file: the defaults, no tasks
     assert "tasks" not in empty and empty["seed"] == validate(BASE).seed and empty["generation"]["backend"] == "hf"
@@ -242,8 +247,8 @@ def test_a_saved_config_from_before_new_keys_reads_as_the_code_then_ran():
 
 def test_relative_paths_everywhere_resolve_against_the_data_dir(tmp_path, monkeypatch):
     """Task files, lm-eval include paths and task YAMLs, and demo overrides: relative ones
-    against `data.dir` (itself relative to the config file), absolute and `~` ones kept, lm-eval
-    task names kept; the config object given is not changed."""
+    against `data.dir` (itself relative to the config file), `~` expanded, absolute ones kept as
+    given, lm-eval task names kept; the config object given is not changed."""
     from ssr.config import resolve_paths
 
     (tmp_path / "cfg").mkdir()
@@ -253,17 +258,17 @@ def test_relative_paths_everywhere_resolve_against_the_data_dir(tmp_path, monkey
         "tasks": [{"name": "a", "train": "a.jsonl", "eval": "/abs/a.eval.jsonl", "demos": "~/a.demos.jsonl"},
                   {"name": "b", "train": "b.jsonl"}],
         "eval": {"general": {"lm_eval": {"tasks": ["arc_easy", "mine.yaml", "/abs/t.yml", "sub/other.yml"],
-                                         "include_path": ["tasks", "/abs/tasks"]}}},
-        "method": {"name": "ssr", "demos_override": {"a": "demos/a.jsonl", "b": "/abs/b.jsonl"}}}))
+                                         "include_path": ["tasks", "/abs/tasks", "~/tasks"]}}},
+        "method": {"name": "ssr", "demos_override": {"a": "demos/a.jsonl", "b": "/abs/x/../b.jsonl"}}}))
     data = tmp_path / "data"
     cfg = load_config(path)
     assert cfg.data.dir == str(data)
     assert (cfg.tasks[0].train, cfg.tasks[0].eval, cfg.tasks[0].demos) == (
-        str(data / "a.jsonl"), "/abs/a.eval.jsonl", "~/a.demos.jsonl")
+        str(data / "a.jsonl"), "/abs/a.eval.jsonl", str(Path.home() / "a.demos.jsonl"))
     lm = cfg.eval.general.lm_eval
     assert lm.tasks == ["arc_easy", str(data / "mine.yaml"), "/abs/t.yml", str(data / "sub" / "other.yml")]
-    assert lm.include_path == [str(data / "tasks"), "/abs/tasks"]
-    assert cfg.method.demos_override == {"a": str(data / "demos" / "a.jsonl"), "b": "/abs/b.jsonl"}
+    assert lm.include_path == [str(data / "tasks"), "/abs/tasks", str(Path.home() / "tasks")]
+    assert cfg.method.demos_override == {"a": str(data / "demos" / "a.jsonl"), "b": "/abs/x/../b.jsonl"}
     given = validate({"tasks": [{"name": "a", "train": "a.jsonl"}]})
     resolve_paths(given, tmp_path)
     assert given.tasks[0].train == "a.jsonl" and given.data.dir is None
@@ -290,8 +295,6 @@ def test_override_errors_and_locations(tmp_path):
 
 
 def test_unreadable_empty_and_non_mapping_config_files(tmp_path, monkeypatch):
-    from pathlib import Path
-
     empty = _written(tmp_path, "")
     assert _message(lambda: load_config(empty)) == (
         f"{empty}: the config must be a YAML mapping (key: value lines), got NoneType")

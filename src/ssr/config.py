@@ -652,28 +652,29 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, raw
 
 
 def resolve_paths(cfg: RunConfig, base_dir: Path) -> RunConfig:
+    """A copy of `cfg` with every relative file path made absolute: `data.dir` against
+    `base_dir`, the rest against `data.dir`; `~` is expanded, absolute paths are kept as given."""
     data_dir = Path(cfg.data.dir).expanduser() if cfg.data.dir else base_dir
     if not data_dir.is_absolute():
         data_dir = (base_dir / data_dir).resolve()
+
+    def under_data(path: str) -> str:
+        expanded = Path(path).expanduser()
+        return str(expanded) if expanded.is_absolute() else str((data_dir / path).resolve())
+
     cfg = cfg.model_copy(deep=True)
     cfg.data.dir = str(data_dir)
     for task in cfg.tasks:
         for split in ("train", "eval", "demos"):
-            value = getattr(task, split)
-            if value is not None and not Path(value).expanduser().is_absolute():
-                setattr(task, split, str((data_dir / value).resolve()))
+            if getattr(task, split) is not None:
+                setattr(task, split, under_data(getattr(task, split)))
     general = cfg.eval.general
     if general is not None and general.lm_eval is not None:  # local task folders and YAML files
         lm = general.lm_eval
-        lm.include_path = [str((data_dir / p).resolve()) if not Path(p).expanduser().is_absolute() else p
-                           for p in lm.include_path]
-        lm.tasks = [str((data_dir / t).resolve()) if t.endswith((".yaml", ".yml")) and not Path(t).is_absolute() else t
-                    for t in lm.tasks]
+        lm.include_path = [under_data(p) for p in lm.include_path]
+        lm.tasks = [under_data(t) if t.endswith((".yaml", ".yml")) else t for t in lm.tasks]  # else a task name
     if cfg.method.demos_override:
-        cfg.method.demos_override = {
-            k: str((data_dir / v).resolve()) if not Path(v).is_absolute() else v
-            for k, v in cfg.method.demos_override.items()
-        }
+        cfg.method.demos_override = {k: under_data(v) for k, v in cfg.method.demos_override.items()}
     return cfg
 
 
@@ -706,6 +707,7 @@ def diff(old: dict, new: dict, ignore: tuple[str, ...] = RUNTIME_KEYS) -> list[s
     for key in sorted(set(a) | set(b)):
         if key in ignore:
             continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            lines.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+        if key not in a or key not in b or a[key] != b[key]:  # a value may be any string, "<absent>" too
+            shown = lambda d: repr(d[key]) if key in d else "<absent>"  # noqa: E731
+            lines.append(f"{key}: {shown(a)} -> {shown(b)}")
     return lines
