@@ -49,7 +49,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                   + [f"tests/test_open_domain.py::{t}" for t in (  # the open-domain prompt and parser, also pure
                       "test_open_domain_prompt_is_the_release_alpaca_prompt",
                       "test_open_domain_parser_keeps_exactly_one_input_and_one_output",
-                      "test_an_instruction_written_alone_is_a_candidate_only_when_asked")], None),
+                      "test_an_instruction_written_alone_is_a_candidate_only_when_asked")]
+                  + ["tests/test_synthesis_text.py"], None),
     # the sweep's and the report's statistics (not their plotting and file handling)
     "statistics": (["src/ssr/report.py", "src/ssr/sweep.py"], ["tests/test_summaries.py"],
                    ["ssr.sweep.x_summarize__*", "ssr.sweep.x_format_mean_std__*", "ssr.sweep.x_summary_table__*",
@@ -185,12 +186,22 @@ def markdown(results: list[dict], command: str, note: str = "") -> str:
         files = ", ".join(f.removeprefix("src/ssr/") for f in r["files"])
         if r.get("functions"):
             files += " (" + ", ".join(p.split(".x_")[-1].rstrip("_*") for p in r["functions"]) + ")"
-        tests = ", ".join(t.removeprefix("tests/") for t in r["tests"])
+        per_file: dict[str, int] = {}  # whole files, or "file (n tests)" for tests picked by name
+        for t in r["tests"]:
+            name = t.removeprefix("tests/").split("::")[0]
+            per_file[name] = per_file.get(name, 0) + ("::" in t)
+        tests = ", ".join(f"{f} ({n} tests)" if n else f for f, n in per_file.items())
+        workers = r.get("workers", 1)
+        workers = "–".join(map(str, workers)) if isinstance(workers, list) else str(workers)  # over the sittings
         rate = "–" if r["kill_rate"] is None else f"{r['kill_rate']:.1f} %"
         reached = "–" if r.get("kill_rate_reached") is None else f"{r['kill_rate_reached']:.1f} %"
         lines.append(f"| {r['module']} | {files} | {tests} | {r['mutants']} | {r['killed']} ({r.get('timeouts', '?')}) | {r['equivalent']} | "
                      f"{r.get('no_tests', '–')} | {len(r['survived'])} | {rate} | {reached} | {r.get('finished', '–')} | "
-                     f"{r['wall_min']} min, {r.get('workers', 1)} worker{'s' if r.get('workers', 1) > 1 else ''} | {r['load_before'][0]} → {r['load_after'][0]} |")
+                     f"{r['wall_min']} min, {workers} worker{'' if workers == '1' else 's'} | {r['load_before'][0]} → {r['load_after'][0]} |")
+    not_run = [m for m in MODULES if m not in {r["module"] for r in results}]
+    if not_run:
+        lines += ["", "Not yet run: " + ", ".join(f"{m} ({', '.join(f.removeprefix('src/ssr/') for f in MODULES[m][0])})"
+                                                  for m in not_run) + "."]
     untested = [(r["module"], f) for r in results for f in r.get("untested_functions", [])]
     if untested:
         lines += ["", "Functions no selected test reaches (their mutants are the *no test* column; tested elsewhere by "
@@ -251,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if resumed:  # mutmut reran only what its cache lacked: the wall time is that of every sitting
                 result["wall_min"] = round(previous[module]["wall_min"] + result["wall_min"], 1)
+                before = previous[module].get("workers", 1)  # 1 for sittings from before the option
+                used = sorted({*(before if isinstance(before, list) else [before]), args.workers})
+                result["workers"] = used if len(used) > 1 else used[0]
             # reread: another module's run may have written the file since this one started
             previous = json.loads(args.json.read_text()) if args.json.exists() else {}
             previous[module] = result
