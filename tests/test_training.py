@@ -59,15 +59,24 @@ def _on_device(batch: dict, model) -> dict:
 
 
 def test_sparse_logits_loss_equals_the_plain_loss(tiny_model_dir):
-    import transformers
-
+    """The loss over the positions that predict a response token equals transformers' own loss
+    over the whole sequence, on rows whose responses start and end at different positions."""
     tok = load_tokenizer(str(tiny_model_dir))
     model = _model(tiny_model_dir)
-    if not supports_sparse_logits(model):  # seen with transformers 5.17: training falls back to full logits
-        pytest.skip(f"transformers {transformers.__version__} has no boolean logits_to_keep; the plain loss is used")
+    assert supports_sparse_logits(model)  # the tiny Llama, as SmolLM2, takes logits_to_keep
     batch = _on_device(collate(tokenize_rows(ROWS, get_template("raw", tok), 64, 16), tok.pad_token_id), model)
+    starts = {int((row != -100).nonzero()[0]) for row in batch["labels"]}
+    assert len(starts) > 1  # responses at different places: the union of positions is exercised
     with torch.no_grad():
-        assert torch.allclose(causal_lm_loss(model, batch, True), causal_lm_loss(model, batch, False), atol=1e-5)
+        plain = model(**batch).loss
+        assert torch.allclose(causal_lm_loss(model, batch, True), plain, atol=1e-5)
+    # and the gradients of the adapter are those of the plain loss
+    grads = {}
+    for sparse in (True, False):
+        model.zero_grad()
+        causal_lm_loss(model, batch, sparse).backward()
+        grads[sparse] = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[True], grads[False]))
 
 
 def test_bf16_autocast_training_follows_the_fp32_reference(tiny_model_dir):

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_scheduler
-from transformers import modeling_utils
 
 from ssr.config import TrainConfig
 from ssr.distributed import get_accelerator
@@ -91,25 +90,26 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 
 def supports_sparse_logits(model) -> bool:
     """Whether the model can project only selected positions onto the vocabulary
-    (`logits_to_keep` with a boolean mask, transformers >= 5)."""
+    (`logits_to_keep` given as a tensor of positions)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return hasattr(modeling_utils, "slice_logits_to_keep") and "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def causal_lm_loss(model, batch: dict[str, torch.Tensor], sparse_logits: bool) -> torch.Tensor:
     """Mean next-token cross-entropy over response tokens.
 
     With `sparse_logits`, the vocabulary projection (~20 % of SmolLM2's compute, and the
-    largest activation) runs only at positions that predict a response token; the loss is
-    the same as `model(**batch).loss` (a test checks it).
+    largest activation) runs only at the positions that predict a response token in some row
+    of the batch (`logits_to_keep` takes one list of positions for the whole batch); the loss
+    is the same as `model(**batch).loss` (a test checks it).
     """
     if not sparse_logits:
         return model(**batch).loss
-    labels = batch["labels"]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position p predicts token p + 1
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:][keep[:, :-1]])
+    targets = batch["labels"][:, 1:]  # position p predicts token p + 1
+    positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions).logits
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets[:, positions].reshape(-1),
+                           ignore_index=IGNORE_INDEX)
 
 
 def micro_batch_seed(seed: int, epoch: int, index: int) -> int:
