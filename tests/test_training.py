@@ -4,7 +4,7 @@ import torch
 from ssr.config import LoraSettings, TrainConfig
 from ssr.models import get_template, load_base_model, load_tokenizer
 from ssr.models.lora import attach_lora
-from ssr.training import IGNORE_INDEX, causal_lm_loss, collate, supports_sparse_logits, length_grouped_batches, tokenize_rows, train_stage
+from ssr.training import IGNORE_INDEX, causal_lm_loss, collate, length_grouped_batches, supports_sparse_logits, tokenize_rows, train_stage
 
 ROWS = [{"definition": "Write the input in upper case.", "input": w, "output": w.upper()}
         for w in "apple river stone cloud green quick seven table".split()]
@@ -203,3 +203,88 @@ def test_weights_load_in_the_configured_dtype_on_the_given_device(tiny_model_dir
     model = load_base_model(str(tiny_model_dir), dtype=torch.bfloat16, device="cpu")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_seed_everything_seeds_each_library_as_by_hand():
+    import random
+
+    import numpy as np
+
+    from ssr.training import seed_everything
+
+    seed = 2**32 + 5  # numpy takes seeds below 2**32: it gets the seed modulo 2**32
+    random.seed(seed)
+    np.random.seed(5)
+    torch.manual_seed(seed)
+    want = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    seed_everything(seed)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == want
+
+
+def test_batches_and_dropout_seeds_by_hand():
+    import random
+
+    from ssr.training import micro_batch_seed, shuffled_batches
+
+    order = list(range(10))
+    random.Random(4).shuffle(order)
+    assert shuffled_batches(10, 4, 4) == [order[0:4], order[4:8], order[8:10]]
+    # the dropout seed of micro-batch `index` of `epoch`: seed * 1,000,003 + epoch * 100,003 + index, modulo 2**63
+    assert [micro_batch_seed(0, 0, 5), micro_batch_seed(0, 1, 0), micro_batch_seed(1, 0, 0), micro_batch_seed(3, 2, 1)] == [
+        5, 100_003, 1_000_003, 3_200_016]
+    assert micro_batch_seed(2**62, 0, 0) == 2**62 and micro_batch_seed(2**63, 1, 1) == 100_004  # wrapped, an int
+
+
+def test_collate_pads_right_and_masks_by_hand():
+    batch = collate([([1, 2, 3], [IGNORE_INDEX, 2, 3]), ([4], [4])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 2, 3], [4, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert {k: v.dtype for k, v in batch.items()} == {k: torch.long for k in batch}
+
+
+def test_gradient_checkpointing_is_non_reentrant_without_a_cache_on_plain_models_too(tiny_model_dir):
+    """Also for a model without an adapter (full fine-tuning), checkpointing is switched on, the
+    non-reentrant kind (it needs no input that requires grad, and works under DDP) and the
+    KV cache off (useless in training)."""
+    from ssr.training import enable_gradient_checkpointing
+
+    for model in (load_base_model(str(tiny_model_dir)), _model(tiny_model_dir)):
+        enable_gradient_checkpointing(model)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        assert inner.is_gradient_checkpointing and inner.config.use_cache is False
+        layer = inner.model.layers[0]
+        assert layer._gradient_checkpointing_func.keywords == {"use_reentrant": False}
+
+
+def test_deepspeed_is_told_the_stages_batch_and_clipping():
+    """accelerate fills DeepSpeed's `auto` batch values from a dataloader this loop does not use:
+    they are set from the stage's config (figures by hand; the accelerator is a plain object
+    carrying what these two functions read)."""
+    from types import SimpleNamespace
+
+    from ssr.training import _configure_deepspeed, uses_deepspeed
+
+    plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 2}})
+    accelerator = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=2)
+    assert uses_deepspeed(accelerator) and not uses_deepspeed(SimpleNamespace(state=SimpleNamespace()))
+    _configure_deepspeed(accelerator, TrainConfig(batch_size=4, grad_accum=3, max_grad_norm=0.5))
+    assert plugin.deepspeed_config == {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 4,
+                                       "gradient_accumulation_steps": 3, "train_batch_size": 24, "gradient_clipping": 0.5}
+
+
+def test_steps_lengths_and_the_empty_stage(tiny_model_dir):
+    """Optimizer steps per epoch = micro-batches / accumulation, at least one; prompts and
+    responses are cut to the configured lengths; no rows is an error naming the stage."""
+    tok = load_tokenizer(str(tiny_model_dir))
+    template = get_template("raw", tok)
+    long_rows = [{"definition": "Repeat. " * 20, "input": "word " * 40, "output": "WORD " * 20} for _ in range(8)]
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=2, grad_accum=2, max_source_length=16, max_target_length=4)
+    stats = train_stage(_model(tiny_model_dir), template, long_rows, cfg, seed=0)
+    assert stats["steps"] == 2 and 0 < stats["tokens"] <= 8 * (16 + 4)  # 4 micro-batches of 2, 2 per step
+    one = train_stage(_model(tiny_model_dir), template, ROWS[:2], cfg.model_copy(update={"grad_accum": 1}), seed=0)
+    assert one["steps"] == 1
+    with pytest.raises(ValueError) as err:
+        train_stage(_model(tiny_model_dir), template, [], cfg, seed=0)
+    assert str(err.value) == "train: no training rows; the plan checks should have refused this"
