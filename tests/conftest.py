@@ -56,6 +56,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture
+def unreadable_files(monkeypatch):
+    """Every file read through `Path.read_bytes` fails as a file without read permission would
+    (permissions alone cannot do it here: the tests may run as root)."""
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+
+
 @pytest.fixture(scope="session")
 def task_dir(tmp_path_factory) -> Path:
     return write_toy_tasks(tmp_path_factory.mktemp("tasks"))

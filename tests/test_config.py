@@ -294,7 +294,7 @@ def test_override_errors_and_locations(tmp_path):
     assert (cfg.where("seed"), cfg.where("train", "lr")) == (str(path), f"{path}:3")
 
 
-def test_unreadable_empty_and_non_mapping_config_files(tmp_path, monkeypatch):
+def test_empty_and_non_mapping_config_files(tmp_path):
     empty = _written(tmp_path, "")
     assert _message(lambda: load_config(empty)) == (
         f"{empty}: the config must be a YAML mapping (key: value lines), got NoneType")
@@ -306,8 +306,7 @@ def test_unreadable_empty_and_non_mapping_config_files(tmp_path, monkeypatch):
         f"{control}: not valid YAML: unacceptable character #x0007: special characters are not allowed "
         f'in "<unicode string>", position 7')
 
-    def unreadable(self):
-        raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(Path, "read_bytes", unreadable)
-    assert _message(lambda: load_config(empty)) == f"{empty}: cannot be read (Permission denied)"
+def test_an_unreadable_config_file_says_why(tmp_path, unreadable_files):
+    path = _written(tmp_path, "seed: 1\n")  # written, not read: the fixture stops reading only
+    assert _message(lambda: load_config(path)) == f"{path}: cannot be read (Permission denied)"

@@ -85,16 +85,10 @@ def test_file_level_errors(tmp_path):
     assert str(err.value) == f"{latin}:2: not UTF-8 text (byte 0xe9 at column 15); expected JSON Lines"
 
 
-def test_an_unreadable_jsonl_file_says_why(tmp_path, monkeypatch):
-    from pathlib import Path
-
-    path = tmp_path / "t.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n")
-
-    def unreadable(self):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(Path, "read_bytes", unreadable)
+@pytest.mark.parametrize("name, text", [("t.jsonl", json.dumps(GOOD) + "\n"), ("task.json", '{"Definition": "d", "Instances": []}')])
+def test_an_unreadable_file_says_why(tmp_path, name, text, unreadable_files):
+    path = tmp_path / name
+    path.write_text(text)  # written, not read: the fixture stops reading only
     with pytest.raises(DataError) as err:
         load_instances(path)
     assert str(err.value) == f"{path}: cannot be read (Permission denied)"
@@ -150,11 +144,9 @@ def test_natural_instructions_errors(tmp_path, doc, message):
     assert str(err.value) == f"{path}{message}"
 
 
-def test_natural_instructions_file_errors_and_skipped_rows(tmp_path, monkeypatch, caplog):
-    """A task file that is not UTF-8 names the line of the bad byte; one that cannot be read says
-    why; skipped instances are each counted and logged with the error."""
-    from pathlib import Path
-
+def test_natural_instructions_file_errors_and_skipped_rows(tmp_path, caplog):
+    """A task file that is not UTF-8 names the line of the bad byte; skipped instances are each
+    counted and logged with the error."""
     path = tmp_path / "task.json"
     path.write_bytes(b'{"Definition": "d",\n "Instances": [\n {"input": "caf\xe9", "output": "y"}]}')
     with pytest.raises(DataError) as err:
@@ -166,14 +158,6 @@ def test_natural_instructions_file_errors_and_skipped_rows(tmp_path, monkeypatch
     assert caplog.messages == [
         f"skipping malformed row: {path}: field 'Instances[0].output': expected a string or a non-empty list of strings",
         f"skipping malformed row: {path}: field 'Instances[2].input': expected a string"]
-
-    def unreadable(self):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(Path, "read_bytes", unreadable)
-    with pytest.raises(DataError) as err:
-        load_instances(path)
-    assert str(err.value) == f"{path}: cannot be read (Permission denied)"
 
 
 def test_natural_instructions_definition_and_references(tmp_path):

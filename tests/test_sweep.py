@@ -103,7 +103,8 @@ def test_a_later_invocation_reuses_stage_1_of_a_run_already_on_disk(task_dir, ti
     lines = []
     run_sweep(config, ["replay-random-10"], out, order, [3], echo=lines.append, order_labels=labels)
     group = out / "order-1" / "seed-3"
-    steps = [json.loads(x) for x in (group / "replay-random-10" / "timings.jsonl").read_text().splitlines()]
+    timings = lambda run: [json.loads(x) for x in (group / run / "timings.jsonl").read_text().splitlines()]  # noqa: E731
+    steps = timings("replay-random-10")
     assert {" ".join(s["step"].split()[:2]) for s in steps if s.get("shared_from") == str(group / "sequential")} == {
         "eval 0-base", "train 1-reverse", "eval 1-reverse"}
     assert not any(s["step"] == "train 1-reverse" and "shared_from" not in s for s in steps)
@@ -112,9 +113,8 @@ def test_a_later_invocation_reuses_stage_1_of_a_run_already_on_disk(task_dir, ti
     assert any("reused from" in line for line in lines)
     # another learning rate: another stage 1, computed afresh
     run_sweep(config, ["ewc"], out, order, [3], overrides=["train.lr=0.02"], echo=lambda *_: None, order_labels=labels)
-    ewc = [json.loads(x) for x in (group / "ewc" / "timings.jsonl").read_text().splitlines()]
-    assert not any("shared_from" in s for s in ewc)
+    assert not any("shared_from" in s for s in timings("ewc"))
     # and a source is one that matches, not merely the first beside it (ewc sorts first, at another lr)
     run_sweep(config, ["l2"], out, order, [3], echo=lambda *_: None, order_labels=labels)
-    l2 = [json.loads(x) for x in (group / "l2" / "timings.jsonl").read_text().splitlines()]
-    assert {s.get("shared_from") for s in l2 if s["step"].startswith("train 1-")} == {str(group / "replay-random-10")}
+    assert {s.get("shared_from") for s in timings("l2") if s["step"].startswith("train 1-")} == {
+        str(group / "replay-random-10")}
