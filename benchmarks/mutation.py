@@ -126,7 +126,7 @@ def run_module(module: str, rerun_survivors: bool = False, workers: int = 1) -> 
     if rerun_survivors:  # and the mutants not judged yet (new ones, of a function changed since)
         judged = tally(module, work)
         patterns = judged["survived"] + [f"{f}__mutmut_*" for f in judged["untested_functions"]]
-        patterns += [n for n, s in statuses(work).items() if s == "not checked"]
+        patterns += judged["unjudged"]
     else:
         patterns = MODULES[module][2] or []
     returncode = 0
@@ -165,7 +165,7 @@ def tally(module: str, work: Path) -> dict:
         "mutants": len(status), "killed": killed, "timeouts": counts.get("timeout", 0), "equivalent": len(equiv),
         "survived": [n for n in survivors if n not in equivalent and n not in no_tests],
         "no_tests": len(no_tests), "untested_functions": sorted({n.split("__mutmut_")[0] for n in no_tests}),
-        "counts": counts, "not_run": len(not_run),
+        "counts": counts, "not_run": len(not_run), "unjudged": sorted(not_run),
         "kill_rate": round(100 * killed / judged, 1) if judged else None,
         "kill_rate_reached": round(100 * killed / reached, 1) if reached else None,
     }
