@@ -42,6 +42,7 @@ def test_training_lowers_loss_and_is_deterministic(tiny_model_dir):
         results.append((stats, weights))
     (s1, w1), (s2, w2) = results
     assert s1["steps"] == 8 and s1["final_loss"] == s2["final_loss"]
+    assert "final_penalty" not in s1  # reported only for a stage with a penalty
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     model = _model(tiny_model_dir)
     batch = _on_device(collate(tokenize_rows(ROWS, template, 64, 16), tok.pad_token_id), model)
@@ -64,12 +65,20 @@ def test_sparse_logits_loss_equals_the_plain_loss(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
     model = _model(tiny_model_dir)
     assert supports_sparse_logits(model)  # the tiny Llama, as SmolLM2, takes logits_to_keep
+    assert supports_sparse_logits(load_base_model(str(tiny_model_dir)))  # also without an adapter
     batch = _on_device(collate(tokenize_rows(ROWS, get_template("raw", tok), 64, 16), tok.pad_token_id), model)
     starts = {int((row != -100).nonzero()[0]) for row in batch["labels"]}
     assert len(starts) > 1  # responses at different places: the union of positions is exercised
+    # the vocabulary projection sees only the positions that predict a response token in some row
+    labels = batch["labels"].tolist()
+    wanted = {p for row in labels for p in range(len(row) - 1) if row[p + 1] != IGNORE_INDEX}
+    assert len(wanted) < len(labels[0]) - 1  # some positions are left out
+    widths = []
+    model.get_base_model().lm_head.register_forward_hook(lambda _m, args, _out: widths.append(args[0].shape[1]))
     with torch.no_grad():
         plain = model(**batch).loss
         assert torch.allclose(causal_lm_loss(model, batch, True), plain, atol=1e-5)
+    assert widths == [len(labels[0]), len(wanted)]
     # and the gradients of the adapter are those of the plain loss
     grads = {}
     for sparse in (True, False):
@@ -79,18 +88,21 @@ def test_sparse_logits_loss_equals_the_plain_loss(tiny_model_dir):
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[True], grads[False]))
 
 
-def test_bf16_autocast_training_follows_the_fp32_reference(tiny_model_dir):
+def test_bf16_autocast_training_follows_the_fp32_reference(tiny_model_dir, monkeypatch):
     """`train.bf16` on: the same stage's loss curve stays within bf16 rounding of fp32 training
     (the fp32 run is the reference), and autocast really ran (the losses are not bit-identical)."""
     tok = load_tokenizer(str(tiny_model_dir))
     template = get_template("raw", tok)
     cfg = TrainConfig(epochs=4, lr=5e-3, batch_size=4, grad_accum=1, max_source_length=64, max_target_length=16)
     batch = collate(tokenize_rows(ROWS, template, 64, 16), tok.pad_token_id)
-    losses = {}
+    losses, requested = {}, []
+    real_autocast = torch.autocast  # the dtype asked for, named: CUDA's default would be float16
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: requested.append(k.get("dtype")) or real_autocast(*a, **k))
     for bf16 in (False, True):
         model = _model(tiny_model_dir)
+        requested.clear()
         stats = train_stage(model, template, ROWS, cfg, seed=3, bf16=bf16)
-        assert stats["bf16"] is bf16
+        assert stats["bf16"] is bf16 and (torch.bfloat16 in requested) is bf16
         with torch.no_grad():
             losses[bf16] = model(**_on_device(batch, model)).loss.item()
     assert losses[True] != losses[False]
@@ -151,9 +163,16 @@ def test_length_grouped_batches_are_runs_of_similar_lengths_in_seeded_order():
     assert length_grouped_batches(lengths, 4, seed=5) == batches  # seeded
     orders = {tuple(map(tuple, length_grouped_batches(lengths, 4, seed=s))) for s in range(4)}
     assert len(orders) > 1  # the batches are shuffled, not served shortest first
-    # beyond one mega-batch (16 batches), rows are grouped within each shuffled mega-batch only
-    big = list(range(1, 200))
-    assert sorted(i for b in length_grouped_batches(big, 2, seed=1) for i in b) == list(range(199))
+    # beyond one mega-batch (16 batches), rows are grouped within each mega-batch only: of 34 rows
+    # in batches of 2, the first 32 of the seeded shuffle sorted by length and paired, the last 2 together
+    import random
+
+    lengths = [(11 * i) % 37 + 1 for i in range(34)]  # distinct
+    order = list(range(34))
+    random.Random(9).shuffle(order)
+    first = sorted(order[:32], key=lambda i: lengths[i])
+    want = {frozenset(first[i : i + 2]) for i in range(0, 32, 2)} | {frozenset(order[32:])}
+    assert {frozenset(b) for b in length_grouped_batches(lengths, 2, seed=9)} == want
 
 
 def test_train_stage_batches_by_length_only_when_asked(tiny_model_dir, monkeypatch):
@@ -288,3 +307,123 @@ def test_steps_lengths_and_the_empty_stage(tiny_model_dir):
     with pytest.raises(ValueError) as err:
         train_stage(_model(tiny_model_dir), template, [], cfg, seed=0)
     assert str(err.value) == "train: no training rows; the plan checks should have refused this"
+
+
+def _lr_factor(kind: str, step: int, warmup: int, total: int) -> float:
+    """The schedule's multiplier at optimizer step `step`, by hand from transformers' definitions
+    (linear warmup, then cosine or linear decay to zero at `total`)."""
+    import math
+
+    if step < warmup:
+        return step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1 - progress)
+
+
+def _reference_stage(model, template, rows, cfg: TrainConfig, seed: int, penalty) -> dict:
+    """A second, plain implementation of one stage on one process: torch's AdamW with the
+    schedule applied by hand, `(loss + penalty) / grad_accum` per micro-batch, clipping, each
+    micro-batch's dropout seeded by its place in the epoch. Returns what a stage must report."""
+    import math
+
+    from ssr.training import micro_batch_seed, shuffled_batches
+
+    examples = tokenize_rows(rows, template, cfg.max_source_length, cfg.max_target_length)
+    micro_batches = math.ceil(len(examples) / cfg.batch_size)
+    total = math.ceil(cfg.epochs * math.ceil(micro_batches / cfg.grad_accum))
+    warmup = int(cfg.warmup_ratio * total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pad = template.tokenizer.pad_token_id
+    model.train()
+    step, epoch, tokens, clipped, step_means = 0, 0, 0, 0, []
+    while step < total:
+        order = (length_grouped_batches([len(x) for x, _ in examples], cfg.batch_size, seed + epoch) if cfg.group_by_length
+                 else shuffled_batches(len(examples), cfg.batch_size, seed + epoch))
+        for first in range(0, len(order), cfg.grad_accum):
+            losses = []
+            for index in range(first, min(first + cfg.grad_accum, len(order))):
+                torch.manual_seed(micro_batch_seed(seed, epoch, index))
+                batch = _on_device(collate([examples[i] for i in order[index]], pad), model)
+                loss = model(**batch).loss
+                extra = penalty()
+                ((loss + extra) / cfg.grad_accum).backward()
+                losses.append(loss.item())
+                last_penalty = extra.item()
+                tokens += sum(len(examples[i][0]) for i in order[index])
+            step_means.append(sum(losses) / len(losses))
+            clipped += float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) > cfg.max_grad_norm
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(cfg.scheduler, step, warmup, total)
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            if step == total:
+                break
+        epoch += 1
+    model.eval()
+    assert clipped, "the reference settings must make clipping act"
+    return {"examples": len(examples), "steps": total, "epochs": cfg.epochs, "tokens": tokens,
+            "final_loss": step_means[-1], "final_penalty": last_penalty, "step_losses": step_means}
+
+
+def _squared_drift(model) -> "Callable[[], torch.Tensor]":
+    start = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    return lambda: 0.5 * sum(((p - p0) ** 2).sum() for p, p0 in zip((p for p in model.parameters() if p.requires_grad), start))
+
+
+@pytest.mark.parametrize("scheduler,group_by_length", [("cosine", False), ("linear", True)])
+def test_a_stage_is_the_plain_loop_written_by_hand(tiny_model_dir, monkeypatch, scheduler, group_by_length):
+    """The stage's adapter and statistics equal a plain reference loop's (above) over 2.5 epochs
+    of 7 rows, batch 2, accumulation 3: a short last step each epoch, a fractional last epoch,
+    warmup, weight decay, clipping that acts, LoRA dropout, a penalty. The vocabulary projection
+    runs on fewer positions than the batch has (the sparse loss). Its progress bar counts the
+    steps and shows each step's mean loss."""
+    import time
+
+    import ssr.training
+
+    bars, postfixes = [], []
+    real_tqdm = ssr.training.tqdm
+
+    def recording_tqdm(*args, **kwargs):
+        bar = real_tqdm(*args, **kwargs)
+        bar.set_postfix = lambda **values: postfixes.append(values)
+        bars.append((kwargs, bar))
+        return bar
+
+    monkeypatch.setattr(ssr.training, "tqdm", recording_tqdm)
+    tok = load_tokenizer(str(tiny_model_dir))
+    template = get_template("raw", tok)
+    cfg = TrainConfig(epochs=2.5, lr=2e-2, batch_size=2, grad_accum=3, weight_decay=0.1, scheduler=scheduler,
+                      warmup_ratio=0.4, max_grad_norm=0.05, max_source_length=64, max_target_length=16,
+                      group_by_length=group_by_length, bf16="off")
+    rows = ROWS[:7]
+    lora = LoraSettings(r=4, alpha=8, dropout=0.2)
+    model = attach_lora(load_base_model(str(tiny_model_dir)), lora, 0)
+    reference = attach_lora(load_base_model(str(tiny_model_dir)), lora, 0)
+    widths = []  # (sequence length, positions projected onto the vocabulary) per forward pass
+    model.get_base_model().lm_head.register_forward_hook(lambda _m, args, _out: widths[-1].append(args[0].shape[1]))
+    model.get_base_model().model.embed_tokens.register_forward_hook(lambda _m, args, _out: widths.append([args[0].shape[1]]))
+    started = time.perf_counter()
+    stats = train_stage(model, template, rows, cfg, seed=11, desc="stage 2", penalty=_squared_drift(model))
+    wall = time.perf_counter() - started
+    want = _reference_stage(reference, template, rows, cfg, 11, _squared_drift(reference))
+
+    assert want["steps"] == 5  # 4 micro-batches, 2 steps an epoch, 2.5 epochs
+    assert {k: stats[k] for k in ("examples", "steps", "epochs", "tokens")} == {k: want[k] for k in ("examples", "steps", "epochs", "tokens")}
+    assert stats["final_loss"] == pytest.approx(want["final_loss"], rel=1e-5)
+    assert stats["final_penalty"] == pytest.approx(want["final_penalty"], rel=1e-4, abs=1e-9) and want["final_penalty"] > 0
+    assert stats["bf16"] is False and not model.training
+    assert len(widths) == 11 and all(kept < length for length, kept in widths)  # 3 + 1, 3 + 1, 3 micro-batches
+    assert 0 < stats["seconds"] <= wall + 0.005 and stats["seconds"] == round(stats["seconds"], 2)
+    assert isinstance(stats["tokens_per_s"], float) and stats["tokens_per_s"] == round(stats["tokens_per_s"], 1)
+    seconds = stats["seconds"]  # rounded to 0.01 s: the rate lies between those the bounds give
+    assert stats["tokens"] / (seconds + 0.005) - 0.05 <= stats["tokens_per_s"] <= stats["tokens"] / max(seconds - 0.005, 1e-9) + 0.05
+    trained = dict(reference.named_parameters())
+    for name, weight in model.named_parameters():
+        if weight.requires_grad:
+            torch.testing.assert_close(weight, trained[name], rtol=1e-4, atol=1e-6)
+    (kwargs, bar), = bars
+    assert (bar.total, bar.n, kwargs["desc"], kwargs["unit"], kwargs["leave"], kwargs["disable"]) == (5, 5, "stage 2", "step", False, False)
+    assert postfixes == [{"loss": f"{loss:.3f}"} for loss in want["step_losses"]]

@@ -245,7 +245,7 @@ def train_stage(model, template: PromptTemplate, rows: list[dict], cfg: TrainCon
 
         tokens = sum(gather_object([tokens]))
         last_losses = gather_object(last_losses)
-    last_loss = sum(last_losses) / len(last_losses) if last_losses else float("nan")
+    last_loss = sum(last_losses) / len(last_losses)  # never empty: the main process has a real micro-batch every step
     return {
         "examples": len(examples),
         "steps": step,
