@@ -65,7 +65,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     # the methods and the runner are exercised through whole (tiny) runs: every in-process test
     # of them, not the subprocess ones (crash, distributed, demo, vLLM), whose calls mutmut cannot see
     "methods": (["src/ssr/methods/*.py"], [f"tests/test_{t}.py" for t in (
-        "runner", "regularizers", "ssr_method", "ssr_promises", "screen", "open_domain", "general", "rundir", "safety")], None),
+        "methods", "runner", "regularizers", "ssr_method", "ssr_promises", "screen", "open_domain", "general", "rundir",
+        "safety")], None),
     "runner": (["src/ssr/runner.py"], [f"tests/test_{t}.py" for t in (
         "runner", "rundir", "regularizers", "ssr_method", "ssr_promises", "general", "sweep", "reliability", "safety",
         "screen", "data")], None),

@@ -1,0 +1,178 @@
+"""Each method plug-in on its own, without a model: its stages, the rows a stage trains on, what
+it keeps, how its stage scores form the matrix, and what it refuses before a run. Expected
+values are written out by hand from the README / spec (three toy tasks of 24 training rows)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import tiny_config
+from ssr.config import load_config
+from ssr.data import load_task
+from ssr.methods import METHODS, Stage, get_method
+from ssr.selection import select
+
+ALL = ("reverse", "upper", "count")
+
+
+def _method(task_dir: Path, model_dir: Path, name: str, learnt: tuple[str, ...] = (), schedule: str = "all",
+            drop_train: tuple[str, ...] = (), **opts):
+    raw = tiny_config(task_dir, model_dir, name, **opts)
+    raw["eval"]["schedule"] = schedule
+    for task in raw["tasks"]:
+        if task["name"] in learnt:
+            task["learnt"] = True
+        if task["name"] in drop_train:
+            del task["train"]
+    cfg = load_config(None, raw=raw)
+    tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens, cfg.seed)
+             for t in cfg.tasks]
+    return get_method(name)(cfg, tasks)
+
+
+def _ctx(run_dir: Path) -> SimpleNamespace:
+    """What a rehearsal method reads of the runner's context: the run directory, the writer."""
+    return SimpleNamespace(run_dir=run_dir, is_main=True, write=lambda fn, *args: fn(*args))
+
+
+def test_the_registry_names_every_method():
+    assert sorted(METHODS) == ["ewc", "l2", "mtl", "osf", "replay", "sequential", "single", "ssr"]
+    assert all(cls.name == name for name, cls in METHODS.items())
+
+
+@pytest.mark.parametrize("name", ["sequential", "replay", "ssr", "l2", "ewc", "osf"])
+def test_a_sequence_has_one_stage_per_task_the_first_from_the_base_model(task_dir, tiny_model_dir, name):
+    method = _method(task_dir, tiny_model_dir, name)
+    assert method.plan() == [Stage(1, "1-reverse", ("reverse",), fresh=True, evaluate=ALL),
+                             Stage(2, "2-upper", ("upper",), fresh=False, evaluate=ALL),
+                             Stage(3, "3-count", ("count",), fresh=False, evaluate=ALL)]
+    assert method.learnt_stage() is None
+
+
+def test_metrics_schedule_scores_only_what_the_metrics_read(task_dir, tiny_model_dir):
+    """a_i(i) and a_{i+1}(i) after stage i; every task after the last stage."""
+    method = _method(task_dir, tiny_model_dir, "sequential", schedule="metrics")
+    assert [s.evaluate for s in method.plan()] == [("reverse", "upper"), ("upper", "count"), ALL]
+
+
+def test_mtl_is_one_stage_on_every_trained_task_and_single_one_fresh_stage_each(task_dir, tiny_model_dir):
+    assert _method(task_dir, tiny_model_dir, "mtl").plan() == [Stage(1, "1-mtl", ALL, fresh=True, evaluate=ALL)]
+    assert _method(task_dir, tiny_model_dir, "mtl", learnt=("reverse",)).plan() == [
+        Stage(1, "1-mtl", ("upper", "count"), fresh=True, evaluate=ALL)]
+    assert _method(task_dir, tiny_model_dir, "single").plan() == [
+        Stage(1, "1-reverse", ("reverse",), fresh=True, evaluate=("reverse",)),
+        Stage(2, "2-upper", ("upper",), fresh=True, evaluate=("upper",)),
+        Stage(3, "3-count", ("count",), fresh=True, evaluate=("count",))]
+
+
+def test_learnt_tasks_form_stage_0_and_are_never_trained(task_dir, tiny_model_dir):
+    method = _method(task_dir, tiny_model_dir, "replay", learnt=("reverse",), ratio=0.25)
+    assert method.learnt_stage() == Stage(0, "0-base", ("reverse",), fresh=True, evaluate=ALL)
+    assert method.plan() == [Stage(1, "1-upper", ("upper",), fresh=True, evaluate=ALL),
+                             Stage(2, "2-count", ("count",), fresh=False, evaluate=ALL)]
+    stage_1, stage_2 = method.plan()
+    # the learnt task is rehearsed from stage 1 on; the last trained task is never rehearsed
+    assert [t.name for t in method.rehearsed_before(stage_1)] == ["reverse"]
+    assert [t.name for t in method.rehearsed_before(stage_2)] == ["reverse", "upper"]
+    assert [t.name for t in method.rehearsed_tasks()] == ["reverse", "upper"]
+    assert method.planned_rows(stage_2) == {"count/new": 24, "reverse/replay": 6, "upper/replay": 6}
+
+
+@pytest.mark.parametrize("name, source, opts, size", [
+    ("replay", "replay", {"ratio": 0.25}, 6),  # a quarter of 24 rows
+    ("replay", "replay", {"ratio": 0.01}, 1),  # 0.24 rounds to nothing: at least one
+    ("replay", "replay", {"per_task": 5}, 5),
+    ("ssr", "synthetic", {"per_task": 3}, 3),
+])
+def test_planned_rows_name_each_source_and_its_size(task_dir, tiny_model_dir, name, source, opts, size):
+    method = _method(task_dir, tiny_model_dir, name, **opts)
+    first, second, third = method.plan()
+    assert method.planned_rows(first) == {"reverse/new": 24}
+    assert method.planned_rows(second) == {"upper/new": 24, f"reverse/{source}": size}
+    assert method.planned_rows(third) == {"count/new": 24, f"reverse/{source}": size, f"upper/{source}": size}
+    assert _method(task_dir, tiny_model_dir, "sequential").planned_rows(third) == {"count/new": 24}
+
+
+def test_matrix_rows_are_stages_and_columns_tasks(task_dir, tiny_model_dir):
+    scores = {0: {"reverse": 1.0, "upper": 2.0, "count": 3.0}, 1: {"reverse": 10.0, "upper": 11.0, "count": 12.0},
+              2: {"reverse": 20.0, "upper": 21.0, "count": 22.0}, 3: {"reverse": 30.0, "upper": 31.0, "count": 32.0}}
+    method = _method(task_dir, tiny_model_dir, "sequential")
+    assert method.matrix(scores) == [[1, 2, 3], [10, 11, 12], [20, 21, 22], [30, 31, 32]]
+    assert method.matrix({0: scores[0], 1: {"reverse": 10.0}}) == [[1, 2, 3], [10, None, None], [None] * 3, [None] * 3]
+    # AR = mean of the last row; FWT = mean of a_2(1), a_3(2); BWT = mean of a_1(3) - a_1(1), a_2(3) - a_2(2)
+    assert method.metrics(method.matrix(scores)) == {"AR": 31.0, "FWT": (11 + 22) / 2, "BWT": (20 + 10) / 2}
+
+
+def test_mtl_matrix_is_the_base_row_and_its_one_model_as_the_final_row(task_dir, tiny_model_dir):
+    method = _method(task_dir, tiny_model_dir, "mtl")
+    base, joint = {"reverse": 1.0, "upper": 2.0, "count": 3.0}, {"reverse": 7.0, "upper": 8.0, "count": 9.0}
+    assert method.matrix({0: base, 1: joint}) == [[1, 2, 3], [None] * 3, [None] * 3, [7, 8, 9]]
+    assert method.metrics(method.matrix({0: base, 1: joint})) == {"AR": 8.0, "FWT": None, "BWT": None}
+    assert method.matrix({}) == [[None] * 3] * 4
+
+
+def test_single_task_matrix_holds_each_tasks_own_model(task_dir, tiny_model_dir):
+    base = {"reverse": 1.0, "upper": 2.0, "count": 3.0}
+    scores = {0: base, 1: {"reverse": 10.0}, 2: {"upper": 20.0}, 3: {"count": 30.0}}
+    method = _method(task_dir, tiny_model_dir, "single")
+    assert method.matrix(scores) == [[1, 2, 3], [10, None, None], [10, 20, None], [10, 20, 30]]
+    assert method.metrics(method.matrix(scores)) == {"AR": 20.0, "FWT": None, "BWT": None}
+    # a learnt task keeps its base score in every row; the trained tasks follow it
+    learnt = _method(task_dir, tiny_model_dir, "single", learnt=("reverse",))
+    scores = {0: base, 1: {"upper": 20.0}, 2: {"count": 30.0}}
+    assert learnt.matrix(scores) == [[1, 2, 3], [1, 20, None], [1, 20, 30]]
+    assert learnt.metrics(learnt.matrix(scores)) == {"AR": 25.0, "FWT": None, "BWT": None}
+
+
+def test_a_stage_without_training_rows_is_refused_by_name(task_dir, tiny_model_dir):
+    method = _method(task_dir, tiny_model_dir, "sequential", drop_train=("upper",))
+    (problem,) = method.check()
+    assert problem == ("config: field 'tasks.1.train': stage 2-upper of sequential trains on task 'upper', which has "
+                       "no training rows; give it a `train` file")
+    assert _method(task_dir, tiny_model_dir, "sequential").check() == []
+
+
+def test_a_learnt_task_rehearsed_by_ratio_needs_its_training_rows(task_dir, tiny_model_dir):
+    method = _method(task_dir, tiny_model_dir, "replay", learnt=("reverse",), drop_train=("reverse",))
+    (problem,) = method.check()
+    assert problem == (
+        "config: field 'tasks.0.train': learnt task 'reverse' has no training rows: replay sizes its rehearsal set by method.ratio of them; "
+        "give a `train` file or method.per_task")
+    assert _method(task_dir, tiny_model_dir, "replay", learnt=("reverse",), drop_train=("reverse",), per_task=4).check() == []
+    # sequential rehearses nothing: a learnt task needs no training rows there
+    assert _method(task_dir, tiny_model_dir, "sequential", learnt=("reverse",), drop_train=("reverse",)).check() == []
+
+
+def test_replay_keeps_a_frozen_selection_of_real_rows_and_replays_it(task_dir, tiny_model_dir, tmp_path):
+    """After stage 1 the rehearsal file holds the selected real rows of task 1 (the selection
+    the config's seed and size give); stage 2 trains on task 2's rows and exactly that file;
+    nothing is rebuilt once written, and nothing is kept after the last stage."""
+    method = _method(task_dir, tiny_model_dir, "replay", ratio=0.25, selection="random")
+    ctx = _ctx(tmp_path)
+    first, second, third = method.plan()
+    assert method.pending_after(first, ctx) and not method.pending_after(third, ctx)
+    assert method.training_rows(first, ctx) == [
+        {"task": "reverse", "source": "new", "id": i.id, "definition": i.definition, "input": i.input, "output": i.output}
+        for i in method.by_name["reverse"].train]
+    method.after_stage(first, ctx)
+    path = tmp_path / "rehearsal" / "reverse.jsonl"
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    train = method.by_name["reverse"].train
+    chosen = select([i.input for i in train], 6, "random", 7, n_clusters=1).indices  # seed 7: the tiny config's
+    assert [r["id"] for r in kept] == [train[i].id for i in chosen] and len(set(chosen)) == 6
+    assert {r["source"] for r in kept} == {"replay"} and {r["task"] for r in kept} == {"reverse"}
+    assert not method.pending_after(first, ctx)
+    # stage 2: the new task's rows, then the file as it stands (edited here: the file is what counts)
+    path.write_text(path.read_text().replace('"source": "replay"', '"source": "replay-edited"'))
+    rows = method.training_rows(second, ctx)
+    assert [r["id"] for r in rows[:24]] == [i.id for i in method.by_name["upper"].train]
+    assert rows[24:] == [json.loads(line) for line in path.read_text().splitlines()]
+    before = path.read_text()
+    method.after_stage(first, ctx)  # written once: a rerun keeps it
+    assert path.read_text() == before
+    method.after_stage(third, ctx)
+    assert sorted(p.name for p in (tmp_path / "rehearsal").iterdir()) == ["reverse.jsonl"]
