@@ -176,3 +176,54 @@ def test_replay_keeps_a_frozen_selection_of_real_rows_and_replays_it(task_dir, t
     assert path.read_text() == before
     method.after_stage(third, ctx)
     assert sorted(p.name for p in (tmp_path / "rehearsal").iterdir()) == ["reverse.jsonl"]
+
+
+def test_ssr_refuses_too_few_or_too_many_demonstrations_where_they_come_from(task_dir, tiny_model_dir):
+    """Each rehearsed task (not the last) needs n_shots demonstrations; the error names the field
+    the pool came from: the task's `demos` file, or `method.n_demos` of its train rows."""
+    method = _method(task_dir, tiny_model_dir, "ssr", n_shots=7)  # the demos files hold 6
+    assert method.check() == [
+        f"config: field 'tasks.{i}.demos': task '{name}' has 6 demonstrations for SSR synthesis; method.n_shots = 7 "
+        "needs at least that many" for i, name in enumerate(("reverse", "upper"))]
+    assert _method(task_dir, tiny_model_dir, "ssr", n_shots=6).check() == []
+    raw = tiny_config(task_dir, tiny_model_dir, "ssr", n_shots=5, n_demos=24)
+    for task in raw["tasks"]:
+        del task["demos"]
+    cfg = load_config(None, raw=raw)
+    tasks = [load_task(t, cfg.data, 24, 4, 6, 7) for t in cfg.tasks]
+    # 24 demonstrations give 24 x 23 x 22 x 21 x 20 = 5,100,480 ordered 5-tuples
+    assert get_method("ssr")(cfg, tasks).check() == [
+        f"config: field 'method.n_shots': 24 demonstrations of task '{name}' give 5100480 ordered 5-tuples to draw "
+        "prompts from (at most 1000000); use fewer demonstrations or a smaller n_shots" for name in ("reverse", "upper")]
+    raw["method"]["n_shots"] = 25
+    cfg = load_config(None, raw=raw)
+    assert get_method("ssr")(cfg, tasks).check()[0] == (
+        "config: field 'method.n_demos': task 'reverse' has 24 demonstrations for SSR synthesis; method.n_shots = 25 "
+        "needs at least that many")
+
+
+def test_ssr_refuses_a_screen_that_cannot_run(task_dir, tiny_model_dir, tmp_path):
+    method = _method(task_dir, tiny_model_dir, "ssr", screen={"callable": "no_such_module_here:judge",
+                                                              "classifier": str(tmp_path)})
+    callable_problem, classifier_problem = method.check()
+    assert callable_problem.startswith("config: field 'method.screen.callable': ") and "no_such_module_here" in callable_problem
+    assert classifier_problem == f"config: field 'method.screen.classifier': {tmp_path} is not a model directory (no config.json)"
+    assert _method(task_dir, tiny_model_dir, "ssr", screen={"classifier": str(tiny_model_dir)}).check() == []
+
+
+def test_ssr_rehearses_the_selected_candidates_in_rank_order_and_drops_empty_outputs(task_dir, tiny_model_dir, tmp_path):
+    """Without refinement the rehearsal rows are the selected candidates' base outputs, in
+    selection rank; a candidate whose output is empty teaches nothing and is left out."""
+    method = _method(task_dir, tiny_model_dir, "ssr", refine=False)
+    folder = tmp_path / "synthetic"
+    folder.mkdir()
+    candidates = [{"candidate_id": i, "prompt_id": 0, "demo_ids": ["d1", "d2"], "input": x, "base_output": y,
+                   "selected": rank is not None, "selection_rank": rank}
+                  for i, (x, y, rank) in enumerate([("stone cloud", "cloud stone", 1), ("green table", "table green", None),
+                                                    ("seven paper", "paper seven", 0), ("music light", "", 2)])]
+    (folder / "reverse.candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in candidates))
+    rows = method.build_rehearsal(method.by_name["reverse"], method.plan()[0], _ctx(tmp_path))
+    assert [(r["id"], r["input"], r["output"], r["source"], r["refined"]) for r in rows] == [
+        ("reverse-syn-2", "seven paper", "paper seven", "synthetic", False),
+        ("reverse-syn-0", "stone cloud", "cloud stone", "synthetic", False)]
+    assert {r["definition"] for r in rows} == {"Reverse the order of the words in the input."}
