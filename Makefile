@@ -63,7 +63,7 @@ MODULES ?= selection,evaluation,synthesis,statistics,data,config,training,method
 WORKERS ?= 1
 mutation: install
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install -q -e ".[mutation]"
-	nice -n 15 $(BIN)/python benchmarks/mutation.py --modules $(MODULES) --workers $(WORKERS) --markdown BENCHMARKS.md
+	nice -n 15 $(BIN)/python benchmarks/mutation.py --modules $(MODULES) --workers $(WORKERS) --slow-tests --markdown BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,6 +1,6 @@
 """Mutation testing of the core modules with mutmut, one module at a time; kill rates to BENCHMARKS.md.
 
-    python benchmarks/mutation.py [--modules selection,evaluation] [--markdown BENCHMARKS.md]
+    python benchmarks/mutation.py [--modules selection,evaluation] [--slow-tests] [--markdown BENCHMARKS.md]
 
 Each module is mutated in a work directory of its own (`runs/mutation/<module>/`: a copy of
 `src/`, `tests/`, `configs/` and a pyproject.toml whose `[tool.mutmut]` names that module's
@@ -9,7 +9,9 @@ mutation run loads SmolLM2 or starts vLLM (the tests listed use the tiny random 
 mutmut runs with one worker by default (`--workers`, mutmut's `--max-children`): the machine is
 shared. Results are cached by mutmut in the work directory, so an interrupted run resumes;
 mutmut keeps a verdict even when the tests change, so after new tests `--rerun-survivors`
-judges the survivors again (and only them).
+judges the survivors again (and only them). Tests that launch processes are too slow for every
+mutant and invisible to mutmut's test-to-function map: `--slow-tests` runs a module's `SLOW_TESTS`
+against its survivors only, one mutant at a time, and counts those they kill.
 
 Kill rate = killed / (mutants - equivalent), where killed counts mutants that made a test fail
 or time out, and `equivalent` are the survivors listed, with the reason, in
@@ -58,10 +60,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "data": (["src/ssr/data/loaders.py", "src/ssr/data/subsets.py", "src/ssr/data/task.py"],
              ["tests/test_data.py", "tests/test_loader_errors.py"], None),
     "config": (["src/ssr/config.py"], ["tests/test_config.py", "tests/test_rundir.py", "tests/test_reliability.py"], None),
-    # with the two-process run against one process: the loop's multi-process arithmetic (whose
-    # micro-batch a process runs, the zero-weight stand-in, the gathered statistics)
-    "training": (["src/ssr/training.py"], ["tests/test_training.py",
-                 "tests/test_distributed.py::test_sequential_under_two_processes_is_the_one_process_run"], None),
+    "training": (["src/ssr/training.py"], ["tests/test_training.py"], None),
     # the methods and the runner are exercised through whole (tiny) runs: every in-process test
     # of them, not the subprocess ones (crash, distributed, demo, vLLM), whose calls mutmut cannot see
     "methods": (["src/ssr/methods/*.py"], [f"tests/test_{t}.py" for t in (
@@ -71,6 +70,15 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
         "runner", "rundir", "regularizers", "ssr_method", "ssr_promises", "general", "sweep", "reliability", "safety",
         "screen", "data")], None),
 }
+# module -> tests too slow to run against every mutant (they launch processes: mutmut cannot see
+# what a launched process calls, and each costs about a minute). `--slow-tests` runs them against
+# the module's survivors only, one mutant at a time; a survivor they kill counts as killed.
+SLOW_TESTS: dict[str, list[str]] = {
+    # the loop's multi-process arithmetic: whose micro-batch a process runs, the zero-weight
+    # stand-in of a short last step, the statistics gathered over the processes
+    "training": ["tests/test_distributed.py::test_sequential_under_two_processes_is_the_one_process_run"],
+}
+SLOW_VERDICTS = "slow-verdicts.json"
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.md"
 MUTMUT = Path(sys.executable).with_name("mutmut")
 
@@ -111,6 +119,62 @@ def prepare(module: str) -> Path:
     )
     (work / "pyproject.toml").write_text(toml)
     return work
+
+
+def _function_hash(work: Path, mutant: str) -> str | None:
+    """mutmut's hash of the function a mutant changes (a verdict holds while the function is unchanged)."""
+    module, function = re.match(r"^(.*)\.(x[_ǁ].*)__mutmut_\d+$", mutant).groups()
+    meta = work / "mutants" / "src" / (module.replace(".", "/") + ".py.meta")
+    if not meta.exists():
+        return None
+    return json.loads(meta.read_text()).get("hash_by_function_name", {}).get(function)
+
+
+def slow_verdicts(work: Path) -> dict[str, str]:
+    """Survivors judged by the slow tests: mutant -> killed / timeout / survived, while the
+    mutated function is the one judged."""
+    path = work / SLOW_VERDICTS
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    return {n: v["verdict"] for n, v in cached.items() if v["function_hash"] == _function_hash(work, n)}
+
+
+def judge_with_slow_tests(module: str) -> int:
+    """Run the module's slow tests against each survivor of the mutmut run, through mutmut's own
+    switch (its mutated code runs the mutant that MUTANT_UNDER_TEST names; launched processes
+    inherit it). Unmutated first: the tests must pass. Verdicts are cached, so a rerun resumes."""
+    work, tests = WORK / module, SLOW_TESTS.get(module, [])
+    if not tests or not (work / "mutants").exists():
+        print(f"   {module}: no slow tests, or no mutmut run yet", flush=True)
+        return 0
+    path = work / SLOW_VERDICTS
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    env = {**os.environ, "PYTHONPATH": "src", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    shared = ROOT.parent / "shared" / "data"
+    if "SSR_SHARED_DATA" not in env and (shared / "superni").is_dir():
+        env["SSR_SHARED_DATA"] = str(shared)
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+
+    def judge(mutant: str, limit: float | None) -> tuple[str, float]:
+        started = time.time()
+        try:
+            done = subprocess.run(command, cwd=work / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
+                                  capture_output=True, text=True, timeout=limit, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return "timeout", time.time() - started
+        return ("survived" if done.returncode == 0 else "killed"), time.time() - started
+
+    verdict, baseline = judge("", None)
+    if verdict != "survived":
+        print(f"   {module}: the slow tests fail on the unmutated code; nothing judged", file=sys.stderr, flush=True)
+        return 1
+    survivors = [n for n in tally(module, work)["survived"] if n not in slow_verdicts(work)]
+    print(f"   {module}: {len(survivors)} survivors against {', '.join(tests)} (unmutated: {baseline:.0f} s)", flush=True)
+    for i, mutant in enumerate(survivors, 1):
+        verdict, seconds = judge(mutant, 10 * baseline + 60)
+        cached[mutant] = {"verdict": verdict, "function_hash": _function_hash(work, mutant), "seconds": round(seconds, 1)}
+        path.write_text(json.dumps(cached, indent=1))
+        print(f"   [{i}/{len(survivors)}] {mutant}: {verdict} ({seconds:.0f} s)", flush=True)
+    return 0
 
 
 def statuses(work: Path) -> dict[str, str]:
@@ -167,15 +231,17 @@ def tally(module: str, work: Path) -> dict:
         counts[s] = counts.get(s, 0) + 1
     not_run = {n for n, s in status.items() if s == "not checked"}  # an interrupted run: left for the next one
     status = {n: s for n, s in status.items() if n not in not_run}
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
-    survivors = sorted(n for n, s in status.items() if s not in ("killed", "timeout"))
+    slow = {n for n, v in slow_verdicts(work).items() if v in ("killed", "timeout") and status.get(n) == "survived"}
+    killed = counts.get("killed", 0) + counts.get("timeout", 0) + len(slow)
+    survivors = sorted(n for n, s in status.items() if s not in ("killed", "timeout") and n not in slow)
     equiv = [n for n in survivors if n in equivalent]
     no_tests = sorted(n for n, s in status.items() if s == "no tests")
     judged = len(status) - len(equiv)
     reached = judged - len(no_tests)
     return {
         "module": module, "files": MODULES[module][0], "tests": MODULES[module][1], "functions": patterns,
-        "mutants": len(status), "killed": killed, "timeouts": counts.get("timeout", 0), "equivalent": len(equiv),
+        "mutants": len(status), "killed": killed, "timeouts": counts.get("timeout", 0), "killed_by_slow_tests": len(slow),
+        "slow_tests": SLOW_TESTS.get(module, []), "equivalent": len(equiv),
         "survived": [n for n in survivors if n not in equivalent and n not in no_tests],
         "no_tests": len(no_tests), "untested_functions": sorted({n.split("__mutmut_")[0] for n in no_tests}),
         "counts": counts, "not_run": len(not_run), "unjudged": sorted(not_run),
@@ -208,7 +274,11 @@ def markdown(results: list[dict], command: str, note: str = "") -> str:
         workers = "–".join(map(str, workers)) if isinstance(workers, list) else str(workers)  # over the sittings
         rate = "–" if r["kill_rate"] is None else f"{r['kill_rate']:.1f} %"
         reached = "–" if r.get("kill_rate_reached") is None else f"{r['kill_rate_reached']:.1f} %"
-        lines.append(f"| {r['module']} | {files} | {tests} | {r['mutants']} | {r['killed']} ({r.get('timeouts', '?')}) | {r['equivalent']} | "
+        if r.get("killed_by_slow_tests"):
+            tests += "; survivors also against " + ", ".join(t.removeprefix("tests/") for t in r["slow_tests"])
+        killed = f"{r['killed']} ({r.get('timeouts', '?')}" + (f"; {r['killed_by_slow_tests']} by the slow tests)"
+                                                                if r.get("killed_by_slow_tests") else ")")
+        lines.append(f"| {r['module']} | {files} | {tests} | {r['mutants']} | {killed} | {r['equivalent']} | "
                      f"{r.get('no_tests', '–')} | {len(r['survived'])} | {rate} | {reached} | {r.get('finished', '–')} | "
                      f"{r['wall_min']} min, {workers} worker{'' if workers == '1' else 's'} | {r['load_before'][0]} → {r['load_after'][0]} |")
     not_run = [m for m in MODULES if m not in {r["module"] for r in results}]
@@ -252,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="judge the surviving mutants again (e.g. after new tests), nothing else")
     parser.add_argument("--tally-only", action="store_true",
                         help="run nothing: recount the modules already run (e.g. after new tests or equivalents)")
+    parser.add_argument("--slow-tests", action="store_true",
+                        help="after the mutmut run (or alone with --tally-only), run each module's slow tests "
+                             "(SLOW_TESTS) against its survivors, one at a time")
     parser.add_argument("--workers", type=int, default=1,
                         help="mutants judged at once (mutmut's --max-children); 1 leaves the machine to other work")
     args = parser.parse_args(argv)
@@ -262,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     failed: list[str] = []
     if args.tally_only:
+        if args.slow_tests:
+            failed += [m for m in modules if judge_with_slow_tests(m)]
         recount(modules, previous, args.json)
     else:
         for module in modules:
@@ -273,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{WORK / module / 'mutmut-run.log'}", file=sys.stderr, flush=True)
                 failed.append(module)
                 continue
+            if args.slow_tests and judge_with_slow_tests(module):
+                failed.append(module)
+            result.update(tally(module, WORK / module))
             if resumed:  # mutmut reran only what its cache lacked: the wall time is that of every sitting
                 result["wall_min"] = round(previous[module]["wall_min"] + result["wall_min"], 1)
                 before = previous[module].get("workers", 1)  # 1 for sittings from before the option
