@@ -21,6 +21,8 @@ def test_loss_only_on_response_with_eos(tiny_model_dir):
     prompt = template.prompt_ids(ROWS[0]["definition"], ROWS[0]["input"])
     assert labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
     assert labels[len(prompt):] == ids[len(prompt):] and ids[-1] == tok.eos_token_id
+    # the response is the output's own tokens after a space (the raw prompt ends in "Output:"), then EOS
+    assert ids[len(prompt):] == tok(" " + ROWS[0]["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     (ids, labels), = tokenize_rows(ROWS[:1], template, 5, 2)
     assert len(ids) == 5 + 2 and ids[-1] == tok.eos_token_id  # truncation keeps the prompt's end and the EOS
 
