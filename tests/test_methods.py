@@ -227,3 +227,79 @@ def test_ssr_rehearses_the_selected_candidates_in_rank_order_and_drops_empty_out
         ("reverse-syn-2", "seven paper", "paper seven", "synthetic", False),
         ("reverse-syn-0", "stone cloud", "cloud stone", "synthetic", False)]
     assert {r["definition"] for r in rows} == {"Reverse the order of the words in the input."}
+
+
+def test_single_task_matrix_without_scores_is_empty(task_dir, tiny_model_dir):
+    assert _method(task_dir, tiny_model_dir, "single").matrix({}) == [[None] * 3] * 4
+
+
+def _candidates(folder: Path, task: str) -> list[dict]:
+    """Three candidates written as synthesis would, two of them selected (rank 1, then 0)."""
+    rows = [{"candidate_id": i, "prompt_id": 0, "demo_ids": ["d1", "d2"], "input": x, "base_output": y,
+             "selected": rank is not None, "selection_rank": rank}
+            for i, (x, y, rank) in enumerate([("stone cloud river", "river cloud stone", 1),
+                                              ("green table", "table green", None), ("seven paper", "paper seven", 0)])]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{task}.candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def test_ssr_is_pending_until_the_rehearsal_set_and_its_quality_report_exist(task_dir, tiny_model_dir, tmp_path):
+    from ssr.synthesis.quality import quality_path
+
+    method = _method(task_dir, tiny_model_dir, "ssr")
+    ctx, first = _ctx(tmp_path), method.plan()[0]
+    assert method.pending_after(first, ctx)  # nothing yet
+    _candidates(tmp_path / "synthetic", "reverse")
+    (tmp_path / "synthetic" / "reverse.jsonl").write_text("")
+    assert method.pending_after(first, ctx)  # the quality report is missing
+    quality_path(tmp_path / "synthetic", "reverse").write_text("{}")
+    assert not method.pending_after(first, ctx)
+
+
+def test_a_failed_quality_report_is_logged_and_does_not_stop_the_run(task_dir, tiny_model_dir, tmp_path, monkeypatch, caplog):
+    import ssr.methods.ssr as ssr_method
+
+    def fail(*args, **kwargs):
+        raise ValueError("no encoder")
+
+    monkeypatch.setattr(ssr_method, "ensure_quality", fail)
+    method = _method(task_dir, tiny_model_dir, "ssr")
+    _candidates(tmp_path / "synthetic", "reverse")
+    (tmp_path / "synthetic" / "reverse.jsonl").write_text("")
+    with caplog.at_level("WARNING", logger="ssr.methods.ssr"):
+        method.after_stage(method.plan()[0], _ctx(tmp_path))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"task reverse: synthetic-data quality not computed (ValueError: no encoder); `ssr quality {tmp_path}` retries"]
+
+
+def test_ssr_refines_the_selected_inputs_with_the_latest_model_greedily(task_dir, tiny_model_dir, tmp_path):
+    """The stage's model (asked for with the method's batch size) answers each selected input
+    through the training template, greedily: the same answers transformers' own greedy search
+    gives for the prompts written out by hand; prompts are cut to `train.max_source_length`."""
+    from conftest import greedy_raw_by_hand
+    from ssr.generation import HFGenerator
+    from ssr.models import get_template, load_base_model, load_tokenizer
+    from ssr.synthesis.pipeline import refine
+
+    tokenizer, model = load_tokenizer(str(tiny_model_dir)), load_base_model(str(tiny_model_dir))
+    method = _method(task_dir, tiny_model_dir, "ssr", batch_size=3)
+    asked = []
+    ctx = _ctx(tmp_path)
+    ctx.models = SimpleNamespace(template=get_template("raw", tokenizer))
+    ctx.generator_after = lambda stage, batch_size: asked.append((stage.name, batch_size)) or HFGenerator(model, tokenizer, batch_size)
+    _candidates(tmp_path / "synthetic", "reverse")
+    task, first = method.by_name["reverse"], method.plan()[0]
+    rows = method.build_rehearsal(task, first, ctx)
+    assert asked == [("1-reverse", 3)]
+    inputs = ["seven paper", "stone cloud river"]  # in selection rank
+    answers = greedy_raw_by_hand(model, tokenizer, task.definition, inputs, task.max_new_tokens)
+    assert all(answers)  # the random model answers something: the comparison is not of empty strings
+    assert [(r["input"], r["output"], r["refined"]) for r in rows] == [
+        (x, y, True) for x, y in zip(inputs, answers) if y]
+    # a prompt longer than max_source_length is cut as the training template cuts it
+    method.cfg.train.max_source_length = 8
+    cut = method.build_rehearsal(task, first, ctx)
+    selected = [{"input": x} for x in inputs]
+    want = refine(selected, task.definition, HFGenerator(model, tokenizer), ctx.models.template, 8, task.max_new_tokens)
+    assert [r["output"] for r in cut] == [y for y in want if y] and want != answers

@@ -55,6 +55,15 @@ def test_ssr_end_to_end(ssr_run, task_dir, tmp_path):
         assert quality["counts"]["generations"] == stats["generations"] and quality["counts"]["rehearsed"] == len(rehearsed)
         assert quality["counts"]["kept"] == stats["verdict_kept"] and quality["counts"]["selected"] == len(selected)
         assert quality["fidelity"]["reference"]["tasks"] == TASKS and quality["fidelity"]["selected"]["n"] == len(selected)
+        # the ICL prompts, each with the ids of the demonstrations it shows (n_shots = 2 of the task's demos)
+        prompts = read_jsonl(out / "synthetic" / f"{t}.prompts.jsonl")
+        demo_ids = {json.loads(line)["id"] for line in (task_dir / f"{t}.demos.jsonl").read_text().splitlines()}
+        assert len(prompts) == 5 and all(set(p) == {"id", "demo_ids", "text"} for p in prompts)
+        assert all(len(p["demo_ids"]) == 2 and set(p["demo_ids"]) <= demo_ids for p in prompts)
+        assert {c["prompt_id"] for c in candidates} <= {p["id"] for p in prompts}
+        log_text = (out / "run.log").read_text()  # what the run said it did, in its log
+        assert f"ssr.methods.ssr: task {t}: synthesizing\n" in log_text
+        assert f"ssr.methods.ssr: task {t}: refining {len(selected)} selected inputs\n" in log_text
     assert not (out / "synthetic" / "count.quality.json").exists()
     check_quality_commands(out, tmp_path)
     # a run stopped between the rehearsal set and its report writes the report when resumed
