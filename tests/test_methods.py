@@ -303,3 +303,32 @@ def test_ssr_refines_the_selected_inputs_with_the_latest_model_greedily(task_dir
     selected = [{"input": x} for x in inputs]
     want = refine(selected, task.definition, HFGenerator(model, tokenizer), ctx.models.template, 8, task.max_new_tokens)
     assert [r["output"] for r in cut] == [y for y in want if y] and want != answers
+
+
+def test_ssr_demonstrations_from_an_override_file_take_the_tasks_definition(task_dir, tiny_model_dir, tmp_path):
+    """`method.demos_override` rows need no definition (the task's is used); too few of them is an
+    error on that field."""
+    override = tmp_path / "reverse-demos.jsonl"
+    override.write_text("".join(json.dumps({"id": f"o{i}", "input": f"a{i} b", "output": f"b a{i}"}) + "\n" for i in range(3)))
+    method = _method(task_dir, tiny_model_dir, "ssr", demos_override={"reverse": str(override)}, n_shots=4)
+    demos = method.demos_for(method.by_name["reverse"])
+    assert [(d.id, d.definition) for d in demos] == [(f"o{i}", "Reverse the order of the words in the input.") for i in range(3)]
+    assert method.check() == ["config: field 'method.demos_override.reverse': task 'reverse' has 3 demonstrations for "
+                              "SSR synthesis; method.n_shots = 4 needs at least that many"]
+
+
+def test_the_ordered_tuple_limit_is_inclusive(task_dir, tiny_model_dir, monkeypatch):
+    """Exactly MAX_ICL_TUPLES ordered tuples are allowed, one more is not (the limit lowered here:
+    24 demonstrations in pairs give 552)."""
+    import ssr.methods.ssr as ssr_method
+
+    raw = tiny_config(task_dir, tiny_model_dir, "ssr", n_shots=2, n_demos=24)
+    for task in raw["tasks"]:
+        del task["demos"]
+    cfg = load_config(None, raw=raw)
+    method = get_method("ssr")(cfg, [load_task(t, cfg.data, 24, 4, 6, 7) for t in cfg.tasks])
+    assert method.check() == []  # 552 pairs, far below the real limit (not 24! orderings)
+    monkeypatch.setattr(ssr_method, "MAX_ICL_TUPLES", 552)
+    assert method.check() == []
+    monkeypatch.setattr(ssr_method, "MAX_ICL_TUPLES", 551)
+    assert len(method.check()) == 2 and "give 552 ordered 2-tuples" in method.check()[0]
