@@ -332,3 +332,19 @@ def test_the_ordered_tuple_limit_is_inclusive(task_dir, tiny_model_dir, monkeypa
     assert method.check() == []
     monkeypatch.setattr(ssr_method, "MAX_ICL_TUPLES", 551)
     assert len(method.check()) == 2 and "give 552 ordered 2-tuples" in method.check()[0]
+
+
+@pytest.mark.parametrize("encoder", ["packaged-cls", "tiny-mean"])
+def test_kmeans_replay_embeds_with_the_configured_encoder_and_pooling(task_dir, tiny_model_dir, tmp_path, encoder):
+    """`method.embedding_model` / `embedding_pooling` reach the K-means selection of real rows:
+    the kept rows are those selection gives with them, which differ from the defaults' choice."""
+    model, pooling = ("all-MiniLM-L6-v2", "cls") if encoder == "packaged-cls" else (str(tiny_model_dir), "mean")
+    method = _method(task_dir, tiny_model_dir, "replay", selection="kmeans", per_task=6, n_clusters=3,
+                     embedding_model=model, embedding_pooling=pooling)
+    method.after_stage(method.plan()[0], _ctx(tmp_path))
+    kept = [json.loads(line)["id"] for line in (tmp_path / "rehearsal" / "reverse.jsonl").read_text().splitlines()]
+    train = method.by_name["reverse"].train
+    inputs = [i.input for i in train]
+    configured = select(inputs, 6, "kmeans", 7, n_clusters=3, embedding_model=model, embedding_pooling=pooling).indices
+    default = select(inputs, 6, "kmeans", 7, n_clusters=3).indices
+    assert kept == [train[i].id for i in configured] and sorted(configured) != sorted(default)

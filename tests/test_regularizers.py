@@ -96,8 +96,12 @@ def test_fisher_is_the_mean_squared_gradient_of_single_examples(tiny_model_dir, 
     template = get_template("raw", load_tokenizer(str(tiny_model_dir)))
     rows = [{"definition": "Write the input in upper case.", "input": r["input"], "output": r["output"]}
             for r in read_jsonl(task_dir / "upper.train.jsonl")[:5]]
-    cfg = TrainConfig(max_source_length=64, max_target_length=16)
+    cfg = TrainConfig(max_source_length=12, max_target_length=16)  # prompts are cut: the limit is obeyed
+    assert all(len(template.prompt_ids(r["definition"], r["input"])) > 12 for r in rows)
+    widths = []  # the loss projects onto the vocabulary only the positions that predict a response token
+    model.get_base_model().lm_head.register_forward_hook(lambda _m, args, _out: widths.append(args[0].shape[1]))
     fisher = fisher_diagonal(model, params, template, rows, cfg)
+    assert widths == [len(template.target_ids(r["output"], 16)) for r in rows]  # one position per response token
 
     # directly: transformers' own loss on one example at a time, gradients via .backward()
     model.eval()
@@ -115,6 +119,57 @@ def test_fisher_is_the_mean_squared_gradient_of_single_examples(tiny_model_dir, 
     assert all(direct[n].abs().sum() > 0 for n in params)  # every weight gets a non-trivial estimate
     for n in params:
         torch.testing.assert_close(fisher[n], direct[n] / len(rows), rtol=1e-4, atol=1e-12)
+    # squared gradients of bf16 weights are summed in float32, not rounded to bf16 at every row
+    model.to(torch.bfloat16)
+    live = {n: p for n, p in model.named_parameters() if n in params}
+    assert {p.dtype for p in live.values()} == {torch.bfloat16}
+    assert {f.dtype for f in fisher_diagonal(model, live, template, rows[:2], cfg).values()} == {torch.float32}
+
+
+def test_an_ewc_stage_file_holds_the_anchor_and_the_fisher_of_its_seeded_sample(tiny_model_dir, task_dir, tmp_path):
+    """After stage i: p_prev and the Fisher of `fisher_samples` of the stage's training rows,
+    drawn with random.Random(seed + i) (worked out here), in a file that says what it holds."""
+    import random
+    from types import SimpleNamespace
+
+    from safetensors import safe_open
+
+    model, params = _tiny_peft(tiny_model_dir)
+    template = get_template("raw", load_tokenizer(str(tiny_model_dir)))
+    cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "ewc", fisher_samples=4))
+    rows = [{"definition": "Write the input in upper case.", "input": r["input"], "output": r["output"]}
+            for r in read_jsonl(task_dir / "upper.train.jsonl")]
+    stage_dir = tmp_path / "stages" / "2-upper"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx = SimpleNamespace(run_dir=tmp_path, stage_dir=lambda stage: tmp_path / "stages" / stage.name,
+                          models=SimpleNamespace(template=template))
+    Regularizer("ewc", cfg.method, cfg.train, cfg.seed).after_stage(Stage(2, "2-upper", ("upper",)), ctx, model, params, None)
+    path = tmp_path / "regularizer" / "2-upper.safetensors"
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == {"kind": "ewc", "stage": "2-upper"}
+    saved = load_file(str(path))
+    chosen = sorted(random.Random(cfg.seed + 2).sample(range(len(rows)), 4))
+    want = fisher_diagonal(model, params, template, [rows[i] for i in chosen], cfg.train)
+    other = fisher_diagonal(model, params, template, [rows[i] for i in range(4)], cfg.train)
+    assert any(not torch.allclose(want[n], other[n]) for n in params)  # which rows are drawn shows
+    for n, p in params.items():
+        assert torch.equal(saved[f"anchor.{n}"], p.detach().float().cpu())
+        torch.testing.assert_close(saved[f"fisher.{n}"], want[n].cpu())
+
+
+def test_a_stage_file_lacking_weights_is_refused_by_name(tiny_model_dir, tmp_path):
+    from types import SimpleNamespace
+
+    model, params = _tiny_peft(tiny_model_dir)
+    names = list(params)
+    (tmp_path / "regularizer").mkdir()
+    path = tmp_path / "regularizer" / "1-reverse.safetensors"
+    save_file({f"anchor.{n}": params[n].detach().cpu().contiguous() for n in names[2:]}, str(path))
+    regularizer = Regularizer("l2", load_config(None, raw={"tasks": [{"name": "a"}]}).method, TrainConfig(), 0)
+    with pytest.raises(RuntimeError) as err:
+        regularizer.penalty(SimpleNamespace(run_dir=tmp_path), Stage(1, "1-reverse", ("reverse",)), params)
+    assert str(err.value) == f"{path} lacks 2 trainable weights, e.g. {names[0]}"
 
 
 @pytest.mark.parametrize(
