@@ -62,6 +62,12 @@ def test_penalty_by_hand_on_two_numbers():
     assert ewc.item() == pytest.approx(1.3)
     (grad,) = torch.autograd.grad(ewc, p)
     assert grad.tolist() == pytest.approx([0.2, 1.2])
+    # bf16 weights: the float32 anchors and Fisher (as stored) are cast once to the weights' dtype
+    q = torch.tensor([1.0, 2.0], dtype=torch.bfloat16, requires_grad=True)
+    for weights in (None, [fisher]):
+        penalty = QuadraticPenalty([q], [anchor], weights, 0.1)
+        assert {t.dtype for t in penalty.anchors + (penalty.weights or [])} == {torch.bfloat16}
+        assert penalty().dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", ["l2", "ewc"])
