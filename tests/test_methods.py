@@ -348,3 +348,15 @@ def test_kmeans_replay_embeds_with_the_configured_encoder_and_pooling(task_dir, 
     configured = select(inputs, 6, "kmeans", 7, n_clusters=3, embedding_model=model, embedding_pooling=pooling).indices
     default = select(inputs, 6, "kmeans", 7, n_clusters=3).indices
     assert kept == [train[i].id for i in configured] and sorted(configured) != sorted(default)
+
+
+def test_metrics_leave_learnt_tasks_out_and_sequential_has_nothing_after_a_stage(task_dir, tiny_model_dir, tmp_path):
+    """With `reverse` learnt (stage 0), AR / FWT / BWT are over the trained tasks only: by hand
+    over the upper and count columns. Sequential fine-tuning keeps nothing after a stage."""
+    method = _method(task_dir, tiny_model_dir, "sequential", learnt=("reverse",))
+    scores = {0: {"reverse": 50.0, "upper": 2.0, "count": 3.0}, 1: {"reverse": 40.0, "upper": 11.0, "count": 12.0},
+              2: {"reverse": 30.0, "upper": 21.0, "count": 22.0}}
+    assert method.matrix(scores) == [[50, 2, 3], [40, 11, 12], [30, 21, 22]]
+    # AR = (21 + 22) / 2; FWT = a_2(1) = 12; BWT = a_1(2) - a_1(1) = 21 - 11
+    assert method.metrics(method.matrix(scores)) == {"AR": 21.5, "FWT": 12.0, "BWT": 10.0}
+    assert not any(method.pending_after(stage, _ctx(tmp_path)) for stage in method.plan())
