@@ -15,7 +15,9 @@ against its survivors only, one mutant at a time, and counts those they kill.
 
 Kill rate = killed / (mutants - equivalent), where killed counts mutants that made a test fail
 or time out, and `equivalent` are the survivors listed, with the reason, in
-`tests/mutation_equivalents.md` (lines `- ssr.module.x_function__mutmut_N: why`).
+`tests/mutation_equivalents.md` (lines `- ssr.module.x_function__mutmut_N: why`). Survivors that
+are real bugs on a path this machine cannot run (GPU, DeepSpeed) stay counted as surviving; the
+table lists them with the reason from `tests/mutation_unkillable_here.md`.
 """
 
 from __future__ import annotations
@@ -79,15 +81,26 @@ SLOW_TESTS: dict[str, list[str]] = {
 }
 SLOW_VERDICTS = "slow-verdicts.json"
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.md"
+UNKILLABLE_HERE = ROOT / "tests" / "mutation_unkillable_here.md"
 MUTMUT = Path(sys.executable).with_name("mutmut")
+
+
+def _listed(path: Path) -> dict[str, str]:
+    """Mutant -> reason, from the lines `- <mutant name>: why` of `path`."""
+    if not path.exists():
+        return {}
+    return dict(re.findall(r"^- `?([\w.]+__mutmut_\d+)`?: (.+)$", path.read_text(), flags=re.M))
 
 
 def equivalents() -> dict[str, str]:
     """Survivors judged equivalent (the mutant computes the same thing), with the reason."""
-    if not EQUIVALENTS.exists():
-        return {}
-    found = re.findall(r"^- `?([\w.]+__mutmut_\d+)`?: (.+)$", EQUIVALENTS.read_text(), flags=re.M)
-    return dict(found)
+    return _listed(EQUIVALENTS)
+
+
+def unkillable_here() -> dict[str, str]:
+    """Survivors that are real bugs no test can show on this machine (a GPU or DeepSpeed path),
+    with the reason: still counted as surviving, only explained."""
+    return _listed(UNKILLABLE_HERE)
 
 
 def prepare(module: str) -> Path:
@@ -289,9 +302,12 @@ def markdown(results: list[dict], command: str, note: str = "") -> str:
         lines += ["", "Functions no selected test reaches (their mutants are the *no test* column; tested elsewhere by "
                       "slower end-to-end tests, which the per-module runs leave out): "
                   + ", ".join(f"`{f.split('.x_')[-1]}` ({m})" for m, f in untested) + "."]
-    survivors = [(r["module"], n) for r in results for n in r["survived"]]
+    survivors = [n for r in results for n in r["survived"]]
+    explained = unkillable_here()
     if survivors:
-        lines += ["", "Surviving, not yet killed nor judged equivalent: " + ", ".join(f"`{n}`" for _, n in survivors) + "."]
+        lines += ["", "Surviving, not yet killed nor judged equivalent (a reason where no test can kill it on this machine, "
+                      "from `tests/mutation_unkillable_here.md`):", ""]
+        lines += [f"- `{n}`" + (f": {explained[n]}" if n in explained else "") for n in survivors]
     return "\n".join(lines) + "\n"
 
 
