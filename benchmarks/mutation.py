@@ -68,8 +68,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "methods": (["src/ssr/methods/*.py"], [f"tests/test_{t}.py" for t in (
         "methods", "runner", "regularizers", "ssr_method", "ssr_promises")], None),
     "runner": (["src/ssr/runner.py"], [f"tests/test_{t}.py" for t in (
-        "runner", "rundir", "regularizers", "ssr_method", "ssr_promises", "general", "sweep", "reliability", "safety",
-        "screen", "data")], None),
+        "runner", "rundir", "methods", "regularizers", "ssr_method", "ssr_promises", "general", "sweep", "reliability",
+        "safety")], None),
 }
 # module -> tests too slow to run against every mutant (they launch processes: mutmut cannot see
 # what a launched process calls, and each costs about a minute). `--slow-tests` runs them against
