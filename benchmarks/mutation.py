@@ -142,12 +142,15 @@ def _function_hash(work: Path, mutant: str) -> str | None:
     return json.loads(meta.read_text()).get("hash_by_function_name", {}).get(function)
 
 
+def _slow_cache(work: Path) -> dict[str, dict]:
+    path = work / SLOW_VERDICTS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def slow_verdicts(work: Path) -> dict[str, str]:
     """Survivors judged by the slow tests: mutant -> killed / timeout / survived, while the
     mutated function is the one judged."""
-    path = work / SLOW_VERDICTS
-    cached = json.loads(path.read_text()) if path.exists() else {}
-    return {n: v["verdict"] for n, v in cached.items() if v["function_hash"] == _function_hash(work, n)}
+    return {n: v["verdict"] for n, v in _slow_cache(work).items() if v["function_hash"] == _function_hash(work, n)}
 
 
 def judge_with_slow_tests(module: str) -> int:
@@ -158,8 +161,7 @@ def judge_with_slow_tests(module: str) -> int:
     if not tests or not (work / "mutants").exists():
         print(f"   {module}: no slow tests, or no mutmut run yet", flush=True)
         return 0
-    path = work / SLOW_VERDICTS
-    cached = json.loads(path.read_text()) if path.exists() else {}
+    path, cached = work / SLOW_VERDICTS, _slow_cache(work)
     env = {**os.environ, "PYTHONPATH": "src", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     shared = ROOT.parent / "shared" / "data"
     if "SSR_SHARED_DATA" not in env and (shared / "superni").is_dir():
@@ -254,6 +256,7 @@ def tally(module: str, work: Path) -> dict:
         "module": module, "files": MODULES[module][0], "tests": MODULES[module][1], "functions": patterns,
         "mutants": len(status), "killed": killed, "timeouts": counts.get("timeout", 0), "killed_by_slow_tests": len(slow),
         "slow_tests": SLOW_TESTS.get(module, []), "equivalent": len(equiv),
+        "slow_tests_min": round(sum(v.get("seconds", 0) for v in _slow_cache(work).values()) / 60, 1),
         "survived": [n for n in survivors if n not in equivalent and n not in no_tests],
         "no_tests": len(no_tests), "untested_functions": sorted({n.split("__mutmut_")[0] for n in no_tests}),
         "counts": counts, "not_run": len(not_run), "unjudged": sorted(not_run),
@@ -292,7 +295,9 @@ def markdown(results: list[dict], command: str, note: str = "") -> str:
                                                                 if r.get("killed_by_slow_tests") else ")")
         lines.append(f"| {r['module']} | {files} | {tests} | {r['mutants']} | {killed} | {r['equivalent']} | "
                      f"{r.get('no_tests', '–')} | {len(r['survived'])} | {rate} | {reached} | {r.get('finished', '–')} | "
-                     f"{r['wall_min']} min, {workers} worker{'' if workers == '1' else 's'} | {r['load_before'][0]} → {r['load_after'][0]} |")
+                     f"{r['wall_min']} min, {workers} worker{'' if workers == '1' else 's'}"
+                     + (f", then {r['slow_tests_min']} min of slow tests" if r.get("slow_tests_min") else "")
+                     + f" | {r['load_before'][0]} → {r['load_after'][0]} |")
     not_run = [m for m in MODULES if m not in {r["module"] for r in results}]
     if not_run:
         lines += ["", "Not yet run: " + ", ".join(f"{m} ({', '.join(f.removeprefix('src/ssr/') for f in MODULES[m][0])})"
