@@ -3,7 +3,7 @@
     python benchmarks/mutation.py [--modules selection,evaluation] [--slow-tests] [--markdown BENCHMARKS.md]
 
 Each module is mutated in a work directory of its own (`runs/mutation/<module>/`: a copy of
-`src/`, `tests/`, `configs/` and a pyproject.toml whose `[tool.mutmut]` names that module's
+`src/`, `tests/`, `configs/`, `benchmarks/` and a pyproject.toml whose `[tool.mutmut]` names that module's
 files and its fast unit tests), so each mutant is judged only by the tests meant for it, and no
 mutation run loads SmolLM2 or starts vLLM (the tests listed use the tiny random model at most).
 mutmut runs with one worker by default (`--workers`, mutmut's `--max-children`): the machine is
