@@ -9,9 +9,10 @@ mutation run loads SmolLM2 or starts vLLM (the tests listed use the tiny random 
 mutmut runs with one worker by default (`--workers`, mutmut's `--max-children`): the machine is
 shared. Results are cached by mutmut in the work directory, so an interrupted run resumes;
 mutmut keeps a verdict even when the tests change, so after new tests `--rerun-survivors`
-judges the survivors again (and only them). Tests that launch processes are too slow for every
-mutant and invisible to mutmut's test-to-function map: `--slow-tests` runs a module's `SLOW_TESTS`
-against its survivors only, one mutant at a time, and counts those they kill.
+judges the survivors again (and only them). Tests that launch processes or start vLLM are too slow
+for every mutant, and mutmut cannot see what a launched process calls: `--slow-tests` runs a
+module's `SLOW_TESTS` against the survivors and no-test mutants of the functions they cover, one
+mutant at a time, and counts those they kill.
 
 Kill rate = killed / (mutants - equivalent), where killed counts mutants that made a test fail
 or time out, and `equivalent` are the survivors listed, with the reason, in
@@ -71,13 +72,19 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
         "runner", "rundir", "methods", "regularizers", "ssr_method", "ssr_promises", "general", "sweep", "reliability",
         "safety")], None),
 }
-# module -> tests too slow to run against every mutant (they launch processes: mutmut cannot see
-# what a launched process calls, and each costs about a minute). `--slow-tests` runs them against
-# the module's survivors only, one mutant at a time; a survivor they kill counts as killed.
-SLOW_TESTS: dict[str, list[str]] = {
+# module -> (mutant-name pattern, tests) pairs: tests too slow to run against every mutant (they
+# launch processes, whose calls mutmut cannot see, or start a vLLM engine; each costs a minute or
+# more). `--slow-tests` runs them, one mutant at a time, against the survivors and the no-test
+# mutants of the functions the pattern names (the first pattern that matches); a mutant they
+# kill counts as killed.
+TWO_PROCESSES = "tests/test_distributed.py::test_sequential_under_two_processes_is_the_one_process_run"
+SLOW_TESTS: dict[str, list[tuple[str, list[str]]]] = {
     # the loop's multi-process arithmetic: whose micro-batch a process runs, the zero-weight
     # stand-in of a short last step, the statistics gathered over the processes
-    "training": ["tests/test_distributed.py::test_sequential_under_two_processes_is_the_one_process_run"],
+    "training": [("ssr.training.x_train_stage__mutmut_*", [TWO_PROCESSES])],
+    # generation shared by the processes of a launch; the merged weights a vLLM engine serves
+    "runner": [("ssr.runner.xǁSplitGeneratorǁ*", [TWO_PROCESSES]), ("ssr.runner.x__plain__*", [TWO_PROCESSES]),
+               ("ssr.runner.xǁModelStateǁ*", ["tests/test_vllm.py::test_a_merged_engine_serves_a_chain_of_merged_adapters_as_hf_does"])],
 }
 SLOW_VERDICTS = "slow-verdicts.json"
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.md"
@@ -153,12 +160,17 @@ def slow_verdicts(work: Path) -> dict[str, str]:
     return {n: v["verdict"] for n, v in _slow_cache(work).items() if v["function_hash"] == _function_hash(work, n)}
 
 
+def slow_tests_for(module: str, mutant: str) -> list[str]:
+    """The slow tests that judge `mutant` (none: mutmut's verdict stands)."""
+    return next((tests for pattern, tests in SLOW_TESTS.get(module, []) if fnmatch.fnmatch(mutant, pattern)), [])
+
+
 def judge_with_slow_tests(module: str) -> int:
-    """Run the module's slow tests against each survivor of the mutmut run, through mutmut's own
-    switch (its mutated code runs the mutant that MUTANT_UNDER_TEST names; launched processes
-    inherit it). Unmutated first: the tests must pass. Verdicts are cached, so a rerun resumes."""
-    work, tests = WORK / module, SLOW_TESTS.get(module, [])
-    if not tests or not (work / "mutants").exists():
+    """Run the module's slow tests against each survivor and no-test mutant they cover, through
+    mutmut's own switch (its mutated code runs the mutant that MUTANT_UNDER_TEST names; launched
+    processes inherit it). Unmutated first: the tests must pass. Verdicts are cached, so a rerun resumes."""
+    work = WORK / module
+    if not SLOW_TESTS.get(module) or not (work / "mutants").exists():
         print(f"   {module}: no slow tests, or no mutmut run yet", flush=True)
         return 0
     path, cached = work / SLOW_VERDICTS, _slow_cache(work)
@@ -166,10 +178,10 @@ def judge_with_slow_tests(module: str) -> int:
     shared = ROOT.parent / "shared" / "data"
     if "SSR_SHARED_DATA" not in env and (shared / "superni").is_dir():
         env["SSR_SHARED_DATA"] = str(shared)
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
 
-    def judge(mutant: str, limit: float | None) -> tuple[str, float]:
+    def judge(mutant: str, tests: list[str], limit: float | None) -> tuple[str, float]:
         started = time.time()
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
         try:
             done = subprocess.run(command, cwd=work / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
                                   capture_output=True, text=True, timeout=limit, start_new_session=True)
@@ -177,14 +189,19 @@ def judge_with_slow_tests(module: str) -> int:
             return "timeout", time.time() - started
         return ("survived" if done.returncode == 0 else "killed"), time.time() - started
 
-    verdict, baseline = judge("", None)
-    if verdict != "survived":
-        print(f"   {module}: the slow tests fail on the unmutated code; nothing judged", file=sys.stderr, flush=True)
-        return 1
-    survivors = [n for n in tally(module, work)["survived"] if n not in slow_verdicts(work)]
-    print(f"   {module}: {len(survivors)} survivors against {', '.join(tests)} (unmutated: {baseline:.0f} s)", flush=True)
-    for i, mutant in enumerate(survivors, 1):
-        verdict, seconds = judge(mutant, 10 * baseline + 60)
+    baselines = {}
+    for tests in {tuple(t) for _, t in SLOW_TESTS[module]}:
+        verdict, baselines[tests] = judge("", list(tests), None)
+        if verdict != "survived":
+            print(f"   {module}: {', '.join(tests)} fail on the unmutated code; nothing judged", file=sys.stderr, flush=True)
+            return 1
+    no_tests = [n for n, s in statuses(work).items() if s == "no tests"]
+    pending = [n for n in tally(module, work)["survived"] + no_tests if slow_tests_for(module, n) and n not in slow_verdicts(work)]
+    print(f"   {module}: {len(pending)} survivors and no-test mutants for the slow tests (unmutated: "
+          + ", ".join(f"{round(b)} s" for b in baselines.values()) + ")", flush=True)
+    for i, mutant in enumerate(pending, 1):
+        tests = slow_tests_for(module, mutant)
+        verdict, seconds = judge(mutant, tests, 10 * baselines[tuple(tests)] + 60)
         cached[mutant] = {"verdict": verdict, "function_hash": _function_hash(work, mutant), "seconds": round(seconds, 1)}
         path.write_text(json.dumps(cached, indent=1))
         print(f"   [{i}/{len(survivors)}] {mutant}: {verdict} ({seconds:.0f} s)", flush=True)
@@ -245,17 +262,17 @@ def tally(module: str, work: Path) -> dict:
         counts[s] = counts.get(s, 0) + 1
     not_run = {n for n, s in status.items() if s == "not checked"}  # an interrupted run: left for the next one
     status = {n: s for n, s in status.items() if n not in not_run}
-    slow = {n for n, v in slow_verdicts(work).items() if v in ("killed", "timeout") and status.get(n) == "survived"}
+    slow = {n for n, v in slow_verdicts(work).items() if v in ("killed", "timeout") and status.get(n) in ("survived", "no tests")}
     killed = counts.get("killed", 0) + counts.get("timeout", 0) + len(slow)
     survivors = sorted(n for n, s in status.items() if s not in ("killed", "timeout") and n not in slow)
     equiv = [n for n in survivors if n in equivalent]
-    no_tests = sorted(n for n, s in status.items() if s == "no tests")
+    no_tests = sorted(n for n, s in status.items() if s == "no tests" and n not in slow)
     judged = len(status) - len(equiv)
     reached = judged - len(no_tests)
     return {
         "module": module, "files": MODULES[module][0], "tests": MODULES[module][1], "functions": patterns,
         "mutants": len(status), "killed": killed, "timeouts": counts.get("timeout", 0), "killed_by_slow_tests": len(slow),
-        "slow_tests": SLOW_TESTS.get(module, []), "equivalent": len(equiv),
+        "slow_tests": sorted({t for _, tests in SLOW_TESTS.get(module, []) for t in tests}), "equivalent": len(equiv),
         "slow_tests_min": round(sum(v.get("seconds", 0) for v in _slow_cache(work).values()) / 60, 1),
         "survived": [n for n in survivors if n not in equivalent and n not in no_tests],
         "no_tests": len(no_tests), "untested_functions": sorted({n.split("__mutmut_")[0] for n in no_tests}),
@@ -290,7 +307,7 @@ def markdown(results: list[dict], command: str, note: str = "") -> str:
         rate = "–" if r["kill_rate"] is None else f"{r['kill_rate']:.1f} %"
         reached = "–" if r.get("kill_rate_reached") is None else f"{r['kill_rate_reached']:.1f} %"
         if r.get("killed_by_slow_tests"):
-            tests += "; survivors also against " + ", ".join(t.removeprefix("tests/") for t in r["slow_tests"])
+            tests += "; survivors and no-test mutants also against " + ", ".join(t.removeprefix("tests/") for t in r["slow_tests"])
         killed = f"{r['killed']} ({r.get('timeouts', '?')}" + (f"; {r['killed_by_slow_tests']} by the slow tests)"
                                                                 if r.get("killed_by_slow_tests") else ")")
         lines.append(f"| {r['module']} | {files} | {tests} | {r['mutants']} | {killed} | {r['equivalent']} | "
@@ -344,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run nothing: recount the modules already run (e.g. after new tests or equivalents)")
     parser.add_argument("--slow-tests", action="store_true",
                         help="after the mutmut run (or alone with --tally-only), run each module's slow tests "
-                             "(SLOW_TESTS) against its survivors, one at a time")
+                             "(SLOW_TESTS) against the survivors and no-test mutants they cover, one at a time")
     parser.add_argument("--workers", type=int, default=1,
                         help="mutants judged at once (mutmut's --max-children); 1 leaves the machine to other work")
     args = parser.parse_args(argv)
