@@ -133,3 +133,24 @@ def test_a_vllm_run_saved_before_vllm_adapters_existed_served_lora(task_dir, tmp
     run_dir.claim(load_config(None, raw=lora))  # no error
     with pytest.raises(RunDirError, match=r"generation[.]vllm_adapters: 'lora' -> 'merged'"):
         run_dir.claim(load_config(None, raw=merged))
+
+
+def test_progress_is_a_results_file_or_any_file_a_step_wrote(tmp_path):
+    """What makes a directory hold a run that a different config must not take over: its
+    results.json alone, or any file under stages/, synthetic/ or rehearsal/ (empty folders are not)."""
+    from ssr.runner import RunDir
+
+    path = tmp_path / "run"
+    (path / "stages" / "1-reverse").mkdir(parents=True)
+    (path / "notes.txt").write_text("not a step")
+    run_dir = RunDir(path)
+    assert not run_dir.has_progress()
+    (path / "results.json").write_text("{}")
+    assert run_dir.has_progress()
+    (path / "results.json").unlink()
+    for folder in ("stages", "synthetic", "rehearsal"):
+        (path / folder / "deep").mkdir(parents=True, exist_ok=True)
+        (path / folder / "deep" / "x.jsonl").write_text("")
+        assert run_dir.has_progress(), folder
+        (path / folder / "deep" / "x.jsonl").unlink()
+    assert not run_dir.has_progress()

@@ -118,3 +118,58 @@ def test_a_later_invocation_reuses_stage_1_of_a_run_already_on_disk(task_dir, ti
     run_sweep(config, ["l2"], out, order, [3], echo=lambda *_: None, order_labels=labels)
     assert {s.get("shared_from") for s in timings("l2") if s["step"].startswith("train 1-")} == {
         str(group / "replay-random-10")}
+
+
+def _finished_source(tmp_path: Path, raw: dict) -> Path:
+    """A run directory as a finished run leaves it, as far as sharing stage 1 reads it: its config,
+    the base and stage-1 folders with an adapter, and its step timings."""
+    from ssr.config import to_dict
+    from ssr.runner import resolve_settings
+
+    source = tmp_path / "source"
+    (source / "stages" / "0-base" / "predictions").mkdir(parents=True)
+    (source / "stages" / "1-reverse" / "adapter").mkdir(parents=True)
+    (source / "stages" / "1-reverse" / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    (source / "config.yaml").write_text(yaml.safe_dump(to_dict(resolve_settings(load_config(None, raw=raw)))))
+    steps = ["eval 0-base reverse", "train 1-reverse", "eval 1-reverse reverse", "train 2-upper", "eval 2-upper reverse"]
+    (source / "timings.jsonl").write_text("".join(json.dumps({"step": s, "seconds": 1.5}) + "\n" for s in steps))
+    return source
+
+
+def test_stage_1_is_shared_only_from_a_matching_finished_run(task_dir, tiny_model_dir, tmp_path, caplog):
+    """A source qualifies when both methods start with plain fine-tuning, the configs differ only
+    in `method.*`, no task is learnt, and its stage 1 has an adapter; an unreadable source
+    config is no source. Sharing copies the base and stage-1 folders and their timings, marked."""
+    from ssr.runner import first_stage_shareable, share_first_stage
+
+    raw = tiny_config(task_dir, tiny_model_dir, "sequential")
+    source = _finished_source(tmp_path, raw)
+    replay = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "replay", selection="random"))
+    assert first_stage_shareable(source, replay)
+    assert not first_stage_shareable(source, load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "mtl")))
+    other_lr = tiny_config(task_dir, tiny_model_dir, "replay", selection="random")
+    other_lr["train"]["lr"] = 0.02
+    assert not first_stage_shareable(source, load_config(None, raw=other_lr))
+    learnt = tiny_config(task_dir, tiny_model_dir, "replay", selection="random")
+    learnt["tasks"][0]["learnt"] = True
+    assert not first_stage_shareable(source, load_config(None, raw=learnt))
+    saved = (source / "config.yaml").read_text()
+    for text in (saved.replace("name: sequential", "name: mtl"), "[: not yaml", "- a list\n", "seed: 7\n"):
+        (source / "config.yaml").write_text(text)  # a source of another kind, unreadable, or without a method
+        assert not first_stage_shareable(source, replay), text
+    (source / "config.yaml").write_text(saved)
+    (source / "stages" / "1-reverse" / "adapter" / "adapter_model.safetensors").unlink()
+    (source / "stages" / "1-reverse" / "adapter").rmdir()
+    assert not first_stage_shareable(source, replay)  # stage 1 never finished there
+    (source / "stages" / "1-reverse" / "adapter").mkdir()
+
+    target = tmp_path / "target"
+    target.mkdir()
+    with caplog.at_level("INFO", logger="ssr"):
+        assert share_first_stage(source, replay, target)
+    assert sorted(p.name for p in (target / "stages").iterdir()) == ["0-base", "1-reverse"]
+    assert [json.loads(line) for line in (target / "timings.jsonl").read_text().splitlines()] == [
+        {"step": s, "seconds": 1.5, "shared_from": str(source)} for s in ("eval 0-base reverse", "train 1-reverse",
+                                                                          "eval 1-reverse reverse")]
+    assert [r.getMessage() for r in caplog.records] == [f"reused 0-base and 1-reverse from {source}"]
+    assert not share_first_stage(source, replay, target)  # the target has stages already: nothing copied

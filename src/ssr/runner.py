@@ -718,8 +718,9 @@ def share_first_stage(source: Path, cfg: RunConfig, target: Path) -> bool:
     timings = source / "timings.jsonl"
     if timings.exists():
         steps = [json.loads(line) for line in timings.read_text().splitlines() if line.strip()]
+        # `eval <stage> <task>` and `train <stage>`, matched whole: a task name may hold spaces
         copied = [{**s, "shared_from": str(source)} for s in steps
-                  if s["step"].split(" ")[:2] in (["eval", BASE_STAGE.name], ["eval", first], ["train", first])]
+                  if s["step"] == f"train {first}" or s["step"].startswith((f"eval {BASE_STAGE.name} ", f"eval {first} "))]
         (target / "timings.jsonl").write_text("".join(json.dumps(s) + "\n" for s in copied))
     log.info("reused %s and %s from %s", BASE_STAGE.name, first, source)
     return True
