@@ -115,3 +115,24 @@ def test_rehearsal_sets_are_frozen_across_later_stages(ssr_run):
         for previous in TASKS[: i - 1]:
             assert [r for r in rows if r["task"] == previous] == read_jsonl(out / "synthetic" / f"{previous}.jsonl")
         assert {r["source"] for r in rows if r["task"] != task} <= {"synthetic"}
+
+
+def test_the_synth_command_refines_with_the_adapter_it_is_given(ssr_run, tiny_model_dir, tmp_path):
+    """`ssr synth --adapter DIR` refines with θ(0) + that adapter: the answers transformers' greedy
+    search gives with it (and not the base model's)."""
+    from ssr.cli import main
+
+    out, raw = ssr_run
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(raw))  # JSON is YAML
+    adapter = out / "stages" / "2-upper" / "adapter"
+    assert main(["synth", str(config), "--task", "reverse", "-o", str(tmp_path / "s"), "--adapter", str(adapter)]) == 0
+    candidates = read_jsonl(tmp_path / "s" / "synthetic" / "reverse.candidates.jsonl")
+    selected = sorted((c for c in candidates if c["selected"]), key=lambda c: c["selection_rank"])
+    rehearsed = read_jsonl(tmp_path / "s" / "synthetic" / "reverse.jsonl")
+    definition = rehearsed[0]["definition"]
+    inputs = [c["input"] for c in selected]
+    tok = load_tokenizer(str(tiny_model_dir))
+    expected = greedy_raw_by_hand(_with_adapter(tiny_model_dir, adapter), tok, definition, inputs, raw["eval"]["max_new_tokens"])
+    assert expected != greedy_raw_by_hand(load_base_model(str(tiny_model_dir)), tok, definition, inputs, raw["eval"]["max_new_tokens"])
+    assert [(r["input"], r["output"]) for r in rehearsed] == [(x, o) for x, o in zip(inputs, expected) if o]
