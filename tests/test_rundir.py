@@ -154,3 +154,18 @@ def test_progress_is_a_results_file_or_any_file_a_step_wrote(tmp_path):
         assert run_dir.has_progress(), folder
         (path / folder / "deep" / "x.jsonl").unlink()
     assert not run_dir.has_progress()
+
+
+def test_the_run_log_is_created_with_its_folders_and_takes_info_lines(tmp_path):
+    import logging
+
+    from ssr.runner import setup_logging
+
+    handler = setup_logging(tmp_path / "new" / "run")
+    try:
+        logging.getLogger("ssr").info("stage 1-x, task x: évaluation")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert (tmp_path / "new" / "run" / "run.log").read_text(encoding="utf-8").endswith(
+        "INFO ssr: stage 1-x, task x: évaluation\n")

@@ -65,12 +65,19 @@ def test_ssr_end_to_end(ssr_run, task_dir, tmp_path):
         assert f"ssr.methods.ssr: task {t}: synthesizing\n" in log_text
         assert f"ssr.methods.ssr: task {t}: refining {len(selected)} selected inputs\n" in log_text
     assert not (out / "synthetic" / "count.quality.json").exists()
+    # each evaluation is announced and its score logged, once: as results.json has it, to 2 decimals
+    log_text = (out / "run.log").read_text()
+    for i, stage in enumerate(["0-base"] + [f"{i}-{t}" for i, t in enumerate(TASKS, 1)]):
+        for j, t in enumerate(TASKS):
+            assert log_text.count(f"ssr: stage {stage}, task {t}: evaluating\n") == 1
+            assert log_text.count(f"ssr: stage {stage}, task {t}: ROUGE-L {results['scores'][i][j]:.2f}\n") == 1
     check_quality_commands(out, tmp_path)
     # a run stopped between the rehearsal set and its report writes the report when resumed
     written = (out / "synthetic" / "reverse.quality.json").read_text()
     (out / "synthetic" / "reverse.quality.json").unlink()
     run(load_config(str(out / "config.yaml")), out)  # the shared run, resumed: only the report is missing
     assert (out / "synthetic" / "reverse.quality.json").read_text() == written
+    assert (out / "run.log").read_text().count("ROUGE-L") == log_text.count("ROUGE-L")  # nothing evaluated again
 
 
 def check_quality_commands(out, tmp_path):
