@@ -169,3 +169,17 @@ def test_the_run_log_is_created_with_its_folders_and_takes_info_lines(tmp_path):
         handler.close()
     assert (tmp_path / "new" / "run" / "run.log").read_text(encoding="utf-8").endswith(
         "INFO ssr: stage 1-x, task x: évaluation\n")
+
+
+def test_caches_are_prepared_in_the_configured_cache_dir(task_dir, tiny_model_dir, tmp_path):
+    """Before the other processes load, the run measures this CPU's bf16 speed for the vLLM
+    engine's `model.dtype: auto` once, into `model.cache_dir`; the hf engine needs no measurement."""
+    from conftest import tiny_config
+    from ssr.config import load_config
+    from ssr.runner import prepare_caches
+
+    for backend, measured in (("hf", False), ("vllm", True)):
+        raw = tiny_config(task_dir, tiny_model_dir, backend=backend)
+        raw["model"].update(dtype="auto", cache_dir=str(tmp_path / backend))
+        prepare_caches(load_config(None, raw=raw))
+        assert bool(list((tmp_path / backend).glob("cpu-bf16-*.json"))) is measured, backend
