@@ -205,7 +205,7 @@ def judge_with_slow_tests(module: str) -> int:
         verdict, seconds = judge(mutant, tests, 10 * baselines[tuple(tests)] + 60)
         cached[mutant] = {"verdict": verdict, "function_hash": _function_hash(work, mutant), "seconds": round(seconds, 1)}
         path.write_text(json.dumps(cached, indent=1))
-        print(f"   [{i}/{len(survivors)}] {mutant}: {verdict} ({seconds:.0f} s)", flush=True)
+        print(f"   [{i}/{len(pending)}] {mutant}: {verdict} ({seconds:.0f} s)", flush=True)
     return 0
 
 

@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -369,7 +371,8 @@ def _reference_stage(model, template, rows, cfg: TrainConfig, seed: int, penalty
             "final_loss": step_means[-1], "final_penalty": last_penalty, "step_losses": step_means}
 
 
-def _squared_drift(model) -> "Callable[[], torch.Tensor]":
+def _squared_drift(model) -> Callable[[], torch.Tensor]:
+    """A penalty as L2 hands the trainer: half the squared distance of the trainable weights from where they started."""
     start = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     return lambda: 0.5 * sum(((p - p0) ** 2).sum() for p, p0 in zip((p for p in model.parameters() if p.requires_grad), start))
 
