@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssr.cli import main
 from ssr.data.task import Instance, Task
 from ssr.io import read_jsonl, write_jsonl
 from ssr.synthesis.quality import (candidate_counts, distinct_n, ensure_quality, mean_nn_similarity, nearest_tasks,

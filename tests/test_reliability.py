@@ -6,7 +6,6 @@ the expected message names the file, line and field, written here by hand.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
