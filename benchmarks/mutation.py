@@ -141,6 +141,16 @@ def prepare(module: str) -> Path:
     return work
 
 
+def _test_env(**extra: str) -> dict[str, str]:
+    """The environment the tests of a work copy run in: offline, and pointed at the shared data
+    (the work copy sits elsewhere than the repository, beside which the tests look for it)."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **extra}
+    shared = ROOT.parent / "shared" / "data"
+    if "SSR_SHARED_DATA" not in env and (shared / "superni").is_dir():
+        env["SSR_SHARED_DATA"] = str(shared)
+    return env
+
+
 def _function_hash(work: Path, mutant: str) -> str | None:
     """mutmut's hash of the function a mutant changes (a verdict holds while the function is unchanged)."""
     module, function = re.match(r"^(.*)\.(x[_ǁ].*)__mutmut_\d+$", mutant).groups()
@@ -155,10 +165,11 @@ def _slow_cache(work: Path) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def slow_verdicts(work: Path) -> dict[str, str]:
+def slow_verdicts(work: Path, cache: dict[str, dict] | None = None) -> dict[str, str]:
     """Survivors judged by the slow tests: mutant -> killed / timeout / survived, while the
-    mutated function is the one judged."""
-    return {n: v["verdict"] for n, v in _slow_cache(work).items() if v["function_hash"] == _function_hash(work, n)}
+    mutated function is the one judged (`cache`: the verdicts file, if already read)."""
+    cache = _slow_cache(work) if cache is None else cache
+    return {n: v["verdict"] for n, v in cache.items() if v["function_hash"] == _function_hash(work, n)}
 
 
 def slow_tests_for(module: str, mutant: str) -> list[str]:
@@ -175,10 +186,7 @@ def judge_with_slow_tests(module: str) -> int:
         print(f"   {module}: no slow tests, or no mutmut run yet", flush=True)
         return 0
     path, cached = work / SLOW_VERDICTS, _slow_cache(work)
-    env = {**os.environ, "PYTHONPATH": "src", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    shared = ROOT.parent / "shared" / "data"
-    if "SSR_SHARED_DATA" not in env and (shared / "superni").is_dir():
-        env["SSR_SHARED_DATA"] = str(shared)
+    env = _test_env(PYTHONPATH="src")  # the mutated copy under mutants/, imported directly
 
     def judge(mutant: str, tests: list[str], limit: float | None) -> tuple[str, float]:
         started = time.time()
@@ -197,7 +205,8 @@ def judge_with_slow_tests(module: str) -> int:
             print(f"   {module}: {', '.join(tests)} fail on the unmutated code; nothing judged", file=sys.stderr, flush=True)
             return 1
     no_tests = [n for n, s in statuses(work).items() if s == "no tests"]
-    pending = [n for n in tally(module, work)["survived"] + no_tests if slow_tests_for(module, n) and n not in slow_verdicts(work)]
+    judged = slow_verdicts(work)
+    pending = [n for n in tally(module, work)["survived"] + no_tests if slow_tests_for(module, n) and n not in judged]
     print(f"   {module}: {len(pending)} survivors and no-test mutants for the slow tests (unmutated: "
           + ", ".join(f"{round(b)} s" for b in baselines.values()) + ")", flush=True)
     for i, mutant in enumerate(pending, 1):
@@ -220,10 +229,7 @@ def run_module(module: str, rerun_survivors: bool = False, workers: int = 1) -> 
     as they are now, only the mutants that survived (mutmut keeps a verdict until asked again)."""
     work = prepare(module)
     # one thread: an idle OpenMP thread spinning beside a busy machine burns the worker's CPU-time limit
-    env = {**os.environ, "PYTHONPATH": "", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    shared = ROOT.parent / "shared" / "data"  # the work copy sits elsewhere: point the shared-data tests at it
-    if "SSR_SHARED_DATA" not in env and (shared / "superni").is_dir():
-        env["SSR_SHARED_DATA"] = str(shared)
+    env = _test_env(PYTHONPATH="", OMP_NUM_THREADS="1")
     started, load_before = time.time(), os.getloadavg()
     nice = ["nice", "-n", str(15 - os.nice(0))] if os.nice(0) < 15 else []  # niceness 15 on the shared machine
     # the survivors in scope, equivalents aside (tally's list), and the mutants of functions no
@@ -263,7 +269,8 @@ def tally(module: str, work: Path) -> dict:
         counts[s] = counts.get(s, 0) + 1
     not_run = {n for n, s in status.items() if s == "not checked"}  # an interrupted run: left for the next one
     status = {n: s for n, s in status.items() if n not in not_run}
-    slow = {n for n, v in slow_verdicts(work).items() if v in ("killed", "timeout") and status.get(n) in ("survived", "no tests")}
+    cache = _slow_cache(work)
+    slow = {n for n, v in slow_verdicts(work, cache).items() if v in ("killed", "timeout") and status.get(n) in ("survived", "no tests")}
     killed = counts.get("killed", 0) + counts.get("timeout", 0) + len(slow)
     survivors = sorted(n for n, s in status.items() if s not in ("killed", "timeout") and n not in slow)
     equiv = [n for n in survivors if n in equivalent]
@@ -274,7 +281,7 @@ def tally(module: str, work: Path) -> dict:
         "module": module, "files": MODULES[module][0], "tests": MODULES[module][1], "functions": patterns,
         "mutants": len(status), "killed": killed, "timeouts": counts.get("timeout", 0), "killed_by_slow_tests": len(slow),
         "slow_tests": sorted({t for _, tests in SLOW_TESTS.get(module, []) for t in tests}), "equivalent": len(equiv),
-        "slow_tests_min": round(sum(v.get("seconds", 0) for v in _slow_cache(work).values()) / 60, 1),
+        "slow_tests_min": round(sum(v.get("seconds", 0) for v in cache.values()) / 60, 1),
         "survived": [n for n in survivors if n not in equivalent and n not in no_tests],
         "no_tests": len(no_tests), "untested_functions": sorted({n.split("__mutmut_")[0] for n in no_tests}),
         "counts": counts, "not_run": len(not_run), "unjudged": sorted(not_run),
