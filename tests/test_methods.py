@@ -20,7 +20,8 @@ ALL = ("reverse", "upper", "count")
 
 
 def _method(task_dir: Path, model_dir: Path, name: str, learnt: tuple[str, ...] = (), schedule: str = "all",
-            drop_train: tuple[str, ...] = (), **opts):
+            drop_train: tuple[str, ...] = (), without_demos: bool = False, **opts):
+    """The method a run of the tiny config (with these changes) would build, its tasks loaded."""
     raw = tiny_config(task_dir, model_dir, name, **opts)
     raw["eval"]["schedule"] = schedule
     for task in raw["tasks"]:
@@ -28,6 +29,8 @@ def _method(task_dir: Path, model_dir: Path, name: str, learnt: tuple[str, ...] 
             task["learnt"] = True
         if task["name"] in drop_train:
             del task["train"]
+        if without_demos:  # the demonstration pool: method.n_demos of the train rows
+            del task["demos"]
     cfg = load_config(None, raw=raw)
     tasks = [load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens, cfg.seed)
              for t in cfg.tasks]
@@ -126,6 +129,7 @@ def test_single_task_matrix_holds_each_tasks_own_model(task_dir, tiny_model_dir)
     scores = {0: base, 1: {"upper": 20.0}, 2: {"count": 30.0}}
     assert learnt.matrix(scores) == [[1, 2, 3], [1, 20, None], [1, 20, 30]]
     assert learnt.metrics(learnt.matrix(scores)) == {"AR": 25.0, "FWT": None, "BWT": None}
+    assert method.matrix({}) == [[None] * 3] * 4  # no scores yet
 
 
 def test_a_stage_without_training_rows_is_refused_by_name(task_dir, tiny_model_dir):
@@ -186,18 +190,11 @@ def test_ssr_refuses_too_few_or_too_many_demonstrations_where_they_come_from(tas
         f"config: field 'tasks.{i}.demos': task '{name}' has 6 demonstrations for SSR synthesis; method.n_shots = 7 "
         "needs at least that many" for i, name in enumerate(("reverse", "upper"))]
     assert _method(task_dir, tiny_model_dir, "ssr", n_shots=6).check() == []
-    raw = tiny_config(task_dir, tiny_model_dir, "ssr", n_shots=5, n_demos=24)
-    for task in raw["tasks"]:
-        del task["demos"]
-    cfg = load_config(None, raw=raw)
-    tasks = [load_task(t, cfg.data, 24, 4, 6, 7) for t in cfg.tasks]
     # 24 demonstrations give 24 x 23 x 22 x 21 x 20 = 5,100,480 ordered 5-tuples
-    assert get_method("ssr")(cfg, tasks).check() == [
+    assert _method(task_dir, tiny_model_dir, "ssr", n_shots=5, n_demos=24, without_demos=True).check() == [
         f"config: field 'method.n_shots': 24 demonstrations of task '{name}' give 5100480 ordered 5-tuples to draw "
         "prompts from (at most 1000000); use fewer demonstrations or a smaller n_shots" for name in ("reverse", "upper")]
-    raw["method"]["n_shots"] = 25
-    cfg = load_config(None, raw=raw)
-    assert get_method("ssr")(cfg, tasks).check()[0] == (
+    assert _method(task_dir, tiny_model_dir, "ssr", n_shots=25, n_demos=24, without_demos=True).check()[0] == (
         "config: field 'method.n_demos': task 'reverse' has 24 demonstrations for SSR synthesis; method.n_shots = 25 "
         "needs at least that many")
 
@@ -211,37 +208,29 @@ def test_ssr_refuses_a_screen_that_cannot_run(task_dir, tiny_model_dir, tmp_path
     assert _method(task_dir, tiny_model_dir, "ssr", screen={"classifier": str(tiny_model_dir)}).check() == []
 
 
+CANDIDATES = [("stone cloud river", "river cloud stone", 1), ("green table", "table green", None), ("seven paper", "paper seven", 0)]
+"""(input, base output, selection rank or None) of three synthetic candidates, two of them selected (rank 1, then 0)."""
+
+
+def _candidates(folder: Path, task: str, candidates: list[tuple[str, str, int | None]] = CANDIDATES) -> None:
+    """The candidates file synthesis writes, for these candidates."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{task}.candidates.jsonl").write_text("".join(
+        json.dumps({"candidate_id": i, "prompt_id": 0, "demo_ids": ["d1", "d2"], "input": x, "base_output": y,
+                    "selected": rank is not None, "selection_rank": rank}) + "\n"
+        for i, (x, y, rank) in enumerate(candidates)))
+
+
 def test_ssr_rehearses_the_selected_candidates_in_rank_order_and_drops_empty_outputs(task_dir, tiny_model_dir, tmp_path):
     """Without refinement the rehearsal rows are the selected candidates' base outputs, in
     selection rank; a candidate whose output is empty teaches nothing and is left out."""
     method = _method(task_dir, tiny_model_dir, "ssr", refine=False)
-    folder = tmp_path / "synthetic"
-    folder.mkdir()
-    candidates = [{"candidate_id": i, "prompt_id": 0, "demo_ids": ["d1", "d2"], "input": x, "base_output": y,
-                   "selected": rank is not None, "selection_rank": rank}
-                  for i, (x, y, rank) in enumerate([("stone cloud", "cloud stone", 1), ("green table", "table green", None),
-                                                    ("seven paper", "paper seven", 0), ("music light", "", 2)])]
-    (folder / "reverse.candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in candidates))
+    _candidates(tmp_path / "synthetic", "reverse", CANDIDATES + [("music light", "", 2)])
     rows = method.build_rehearsal(method.by_name["reverse"], method.plan()[0], _ctx(tmp_path))
     assert [(r["id"], r["input"], r["output"], r["source"], r["refined"]) for r in rows] == [
         ("reverse-syn-2", "seven paper", "paper seven", "synthetic", False),
-        ("reverse-syn-0", "stone cloud", "cloud stone", "synthetic", False)]
+        ("reverse-syn-0", "stone cloud river", "river cloud stone", "synthetic", False)]
     assert {r["definition"] for r in rows} == {"Reverse the order of the words in the input."}
-
-
-def test_single_task_matrix_without_scores_is_empty(task_dir, tiny_model_dir):
-    assert _method(task_dir, tiny_model_dir, "single").matrix({}) == [[None] * 3] * 4
-
-
-def _candidates(folder: Path, task: str) -> list[dict]:
-    """Three candidates written as synthesis would, two of them selected (rank 1, then 0)."""
-    rows = [{"candidate_id": i, "prompt_id": 0, "demo_ids": ["d1", "d2"], "input": x, "base_output": y,
-             "selected": rank is not None, "selection_rank": rank}
-            for i, (x, y, rank) in enumerate([("stone cloud river", "river cloud stone", 1),
-                                              ("green table", "table green", None), ("seven paper", "paper seven", 0)])]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{task}.candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows
 
 
 def test_ssr_is_pending_until_the_rehearsal_set_and_its_quality_report_exist(task_dir, tiny_model_dir, tmp_path):
@@ -322,11 +311,7 @@ def test_the_ordered_tuple_limit_is_inclusive(task_dir, tiny_model_dir, monkeypa
     24 demonstrations in pairs give 552)."""
     import ssr.methods.ssr as ssr_method
 
-    raw = tiny_config(task_dir, tiny_model_dir, "ssr", n_shots=2, n_demos=24)
-    for task in raw["tasks"]:
-        del task["demos"]
-    cfg = load_config(None, raw=raw)
-    method = get_method("ssr")(cfg, [load_task(t, cfg.data, 24, 4, 6, 7) for t in cfg.tasks])
+    method = _method(task_dir, tiny_model_dir, "ssr", n_shots=2, n_demos=24, without_demos=True)
     assert method.check() == []  # 552 pairs, far below the real limit (not 24! orderings)
     monkeypatch.setattr(ssr_method, "MAX_ICL_TUPLES", 552)
     assert method.check() == []
