@@ -1,9 +1,10 @@
-from collections.abc import Callable
+import math
 
 import pytest
 import torch
 
 from ssr.config import LoraSettings, TrainConfig
+from ssr.methods.regularizers import QuadraticPenalty
 from ssr.models import get_template, load_base_model, load_tokenizer
 from ssr.models.lora import attach_lora
 from ssr.training import IGNORE_INDEX, causal_lm_loss, collate, length_grouped_batches, supports_sparse_logits, tokenize_rows, train_stage
@@ -12,8 +13,8 @@ ROWS = [{"definition": "Write the input in upper case.", "input": w, "output": w
         for w in "apple river stone cloud green quick seven table".split()]
 
 
-def _model(tiny_model_dir, seed=0):
-    return attach_lora(load_base_model(str(tiny_model_dir)), LoraSettings(r=4, alpha=8, dropout=0.0), seed)
+def _model(tiny_model_dir, seed=0, dropout=0.0):
+    return attach_lora(load_base_model(str(tiny_model_dir)), LoraSettings(r=4, alpha=8, dropout=dropout), seed)
 
 
 def test_loss_only_on_response_with_eos(tiny_model_dir):
@@ -208,7 +209,7 @@ def test_gradient_checkpointing_recomputes_layers_and_learns_the_same_adapter(ti
     for checkpointing in (False, True):
         cfg = TrainConfig(epochs=1, lr=5e-3, batch_size=4, grad_accum=1, max_source_length=64, max_target_length=16,
                           gradient_checkpointing=checkpointing)
-        model = attach_lora(load_base_model(str(tiny_model_dir)), LoraSettings(r=4, alpha=8, dropout=0.1), seed=0)
+        model = _model(tiny_model_dir, dropout=0.1)
         layer = model.get_base_model().model.layers[0]
         counter = []
         layer.register_forward_pre_hook(lambda *_: counter.append(1))  # pre: recomputation stops early, before the end
@@ -316,8 +317,6 @@ def test_steps_lengths_and_the_empty_stage(tiny_model_dir):
 def _lr_factor(kind: str, step: int, warmup: int, total: int) -> float:
     """The schedule's multiplier at optimizer step `step`, by hand from transformers' definitions
     (linear warmup, then cosine or linear decay to zero at `total`)."""
-    import math
-
     if step < warmup:
         return step / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -328,8 +327,6 @@ def _reference_stage(model, template, rows, cfg: TrainConfig, seed: int, penalty
     """A second, plain implementation of one stage on one process: torch's AdamW with the
     schedule applied by hand, `(loss + penalty) / grad_accum` per micro-batch, clipping, each
     micro-batch's dropout seeded by its place in the epoch. Returns what a stage must report."""
-    import math
-
     from ssr.training import micro_batch_seed, shuffled_batches
 
     examples = tokenize_rows(rows, template, cfg.max_source_length, cfg.max_target_length)
@@ -371,10 +368,10 @@ def _reference_stage(model, template, rows, cfg: TrainConfig, seed: int, penalty
             "final_loss": step_means[-1], "final_penalty": last_penalty, "step_losses": step_means}
 
 
-def _squared_drift(model) -> Callable[[], torch.Tensor]:
-    """A penalty as L2 hands the trainer: half the squared distance of the trainable weights from where they started."""
-    start = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    return lambda: 0.5 * sum(((p - p0) ** 2).sum() for p, p0 in zip((p for p in model.parameters() if p.requires_grad), start))
+def _squared_drift(model) -> QuadraticPenalty:
+    """The penalty L2 hands the trainer: half the squared distance of the trainable weights from where they started."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return QuadraticPenalty(params, [p.detach().clone() for p in params], None, 0.5)
 
 
 @pytest.mark.parametrize("scheduler,group_by_length", [("cosine", False), ("linear", True)])
@@ -404,9 +401,7 @@ def test_a_stage_is_the_plain_loop_written_by_hand(tiny_model_dir, monkeypatch, 
                       warmup_ratio=0.4, max_grad_norm=0.05, max_source_length=64, max_target_length=16,
                       group_by_length=group_by_length, bf16="off")
     rows = ROWS[:7]
-    lora = LoraSettings(r=4, alpha=8, dropout=0.2)
-    model = attach_lora(load_base_model(str(tiny_model_dir)), lora, 0)
-    reference = attach_lora(load_base_model(str(tiny_model_dir)), lora, 0)
+    model, reference = _model(tiny_model_dir, dropout=0.2), _model(tiny_model_dir, dropout=0.2)
     widths = []  # (sequence length, positions projected onto the vocabulary) per forward pass
     model.get_base_model().lm_head.register_forward_hook(lambda _m, args, _out: widths[-1].append(args[0].shape[1]))
     model.get_base_model().model.embed_tokens.register_forward_hook(lambda _m, args, _out: widths.append([args[0].shape[1]]))
