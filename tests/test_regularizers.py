@@ -3,6 +3,7 @@ penalties against hand computations, the Fisher against a direct estimate, resum
 the step that writes p_prev / Fisher, and each method end to end on the tiny model."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -43,6 +44,12 @@ def _tiny_peft(model_dir):
         for p in params.values():
             p.copy_(0.1 * torch.randn(p.shape, generator=g).to(p.device))  # the model sits on the GPU where there is one
     return model, params
+
+
+def _upper_rows(task_dir) -> list[dict]:
+    """The `upper` toy task's training rows as a stage trains on them."""
+    return [{"definition": "Write the input in upper case.", "input": r["input"], "output": r["output"]}
+            for r in read_jsonl(task_dir / "upper.train.jsonl")]
 
 
 def _adapter_weights(run_dir, stage):
@@ -100,8 +107,7 @@ def test_penalty_from_a_stage_file_matches_a_hand_computation(tiny_model_dir, ta
 def test_fisher_is_the_mean_squared_gradient_of_single_examples(tiny_model_dir, task_dir):
     model, params = _tiny_peft(tiny_model_dir)
     template = get_template("raw", load_tokenizer(str(tiny_model_dir)))
-    rows = [{"definition": "Write the input in upper case.", "input": r["input"], "output": r["output"]}
-            for r in read_jsonl(task_dir / "upper.train.jsonl")[:5]]
+    rows = _upper_rows(task_dir)[:5]
     cfg = TrainConfig(max_source_length=12, max_target_length=16)  # prompts are cut: the limit is obeyed
     assert all(len(template.prompt_ids(r["definition"], r["input"])) > 12 for r in rows)
     widths = []  # the loss projects onto the vocabulary only the positions that predict a response token
@@ -136,15 +142,13 @@ def test_an_ewc_stage_file_holds_the_anchor_and_the_fisher_of_its_seeded_sample(
     """After stage i: p_prev and the Fisher of `fisher_samples` of the stage's training rows,
     drawn with random.Random(seed + i) (worked out here), in a file that says what it holds."""
     import random
-    from types import SimpleNamespace
 
     from safetensors import safe_open
 
     model, params = _tiny_peft(tiny_model_dir)
     template = get_template("raw", load_tokenizer(str(tiny_model_dir)))
     cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "ewc", fisher_samples=4))
-    rows = [{"definition": "Write the input in upper case.", "input": r["input"], "output": r["output"]}
-            for r in read_jsonl(task_dir / "upper.train.jsonl")]
+    rows = _upper_rows(task_dir)
     stage_dir = tmp_path / "stages" / "2-upper"
     stage_dir.mkdir(parents=True)
     (stage_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -165,8 +169,6 @@ def test_an_ewc_stage_file_holds_the_anchor_and_the_fisher_of_its_seeded_sample(
 
 
 def test_a_stage_file_lacking_weights_is_refused_by_name(tiny_model_dir, tmp_path):
-    from types import SimpleNamespace
-
     model, params = _tiny_peft(tiny_model_dir)
     names = list(params)
     (tmp_path / "regularizer").mkdir()

@@ -24,6 +24,7 @@ def test_ssr_end_to_end(ssr_run, task_dir, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert len(results["scores"]) == 4 and results["BWT"] is not None
 
+    log_text = (out / "run.log").read_text()  # what the run said it did, in its log
     # task 1 (and 2) are rehearsed in every later stage, from synthetic data only
     for i, t in enumerate(TASKS, 1):
         rows = read_jsonl(out / "stages" / f"{i}-{t}" / "train.jsonl")
@@ -61,12 +62,10 @@ def test_ssr_end_to_end(ssr_run, task_dir, tmp_path):
         assert len(prompts) == 5 and all(set(p) == {"id", "demo_ids", "text"} for p in prompts)
         assert all(len(p["demo_ids"]) == 2 and set(p["demo_ids"]) <= demo_ids for p in prompts)
         assert {c["prompt_id"] for c in candidates} <= {p["id"] for p in prompts}
-        log_text = (out / "run.log").read_text()  # what the run said it did, in its log
         assert f"ssr.methods.ssr: task {t}: synthesizing\n" in log_text
         assert f"ssr.methods.ssr: task {t}: refining {len(selected)} selected inputs\n" in log_text
     assert not (out / "synthetic" / "count.quality.json").exists()
     # each evaluation is announced and its score logged, once: as results.json has it, to 2 decimals
-    log_text = (out / "run.log").read_text()
     for i, stage in enumerate(["0-base"] + [f"{i}-{t}" for i, t in enumerate(TASKS, 1)]):
         for j, t in enumerate(TASKS):
             assert log_text.count(f"ssr: stage {stage}, task {t}: evaluating\n") == 1
