@@ -183,16 +183,19 @@ def ssr_run(task_dir, tiny_model_dir, stopping_model_dir, tmp_path_factory) -> t
     return out, raw
 
 
-def greedy_raw_by_hand(model, tokenizer, definition: str, inputs: list[str], max_new_tokens: int) -> list[str]:
+def greedy_raw_by_hand(model, tokenizer, definition: str, inputs: list[str], max_new_tokens: int,
+                       max_source_length: int | None = None) -> list[str]:
     """Greedy answers through the `raw` template written out by hand (README: `{definition}\\n\\nInput:
     {input}\\nOutput:` with the tokenizer's own special tokens), one prompt at a time, by
-    transformers' own greedy search: a reference independent of the project's generators."""
+    transformers' own greedy search: a reference independent of the project's generators.
+    `max_source_length`: the prompt's last that many tokens (README: the start is cut)."""
     import torch
 
     outputs = []
     with torch.no_grad():
         for x in inputs:
             ids = tokenizer(f"{definition}\n\nInput: {x}\nOutput:", add_special_tokens=True, return_tensors="pt")["input_ids"]
+            ids = ids[:, -max_source_length:] if max_source_length else ids
             ids = ids.to(model.device)
             new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                  max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]

@@ -227,3 +227,36 @@ def test_a_run_saved_before_new_config_keys_resumes(task_dir, tiny_model_dir, tm
     assert run(load_config(None, raw=raw), out)["scores"] == first["scores"]
     with pytest.raises(RunDirError, match="train.lr"):
         run(load_config(None, raw={**raw, "train": {**raw["train"], "lr": 5e-4}}), out)
+
+
+def test_evaluation_cuts_prompts_and_scores_in_the_tasks_language(task_dir, tiny_model_dir, tmp_path):
+    """Each stage's evaluation answers prompts cut to `train.max_source_length` (their start
+    dropped), and scores them in the task's `language`: for a non-English task a reference that
+    adds an accented word to the answer is a different word sequence (Unicode words), whereas
+    the English scorer would drop the "é" and find the answer whole."""
+    import re
+    import shutil
+
+    from ssr.models import load_tokenizer
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for split in ("train", "demos"):
+        shutil.copy(task_dir / f"reverse.{split}.jsonl", tasks)
+    rows = read_jsonl(task_dir / "reverse.eval.jsonl")[:4]
+    definition, inputs = "Reverse the order of the words in the input.", [r["input"] for r in rows]
+    base, tok = load_base_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    answers = greedy_raw_by_hand(base, tok, definition, inputs, 6, max_source_length=8)
+    assert answers != greedy_raw_by_hand(base, tok, definition, inputs, 6)  # the cut changes the answers
+    assert all(re.findall(r"[a-z0-9]+", a.lower()) for a in answers)  # every answer has words to score
+    (tasks / "reverse.eval.jsonl").write_text(
+        "".join(json.dumps({**r, "output": f"{a} é"}) + "\n" for r, a in zip(rows, answers)))
+    cfg = tiny_config(tasks, tiny_model_dir, tasks=("reverse",))
+    cfg["train"]["max_source_length"] = 8
+    cfg["tasks"][0]["language"] = "es"
+    run(load_config(None, raw=cfg), tmp_path / "run")
+    predicted = {r["input"]: r for r in read_jsonl(tmp_path / "run" / "stages" / "0-base" / "predictions" / "reverse.jsonl")}
+    assert [predicted[x]["prediction"] for x in inputs] == answers
+    for x, answer in zip(inputs, answers):
+        n = len(re.findall(r"\w+", answer.lower()))  # the reference has one word more: LCS n, P 1, R n/(n+1)
+        assert predicted[x]["rougeL"] == pytest.approx(2 * n / (2 * n + 1))

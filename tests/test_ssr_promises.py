@@ -17,6 +17,7 @@ so refinement is off to save time).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,13 +120,21 @@ def test_rehearsal_sets_are_frozen_across_later_stages(ssr_run):
 
 def test_the_synth_command_refines_with_the_adapter_it_is_given(ssr_run, tiny_model_dir, tmp_path):
     """`ssr synth --adapter DIR` refines with θ(0) + that adapter: the answers transformers' greedy
-    search gives with it (and not the base model's)."""
+    search gives with it (and not the base model's). The adapter here is saved as pickle, which
+    `model.allow_pickle: true` lets the runner load."""
+    import safetensors.torch
+    import torch
+
     from ssr.cli import main
 
     out, raw = ssr_run
     config = tmp_path / "cfg.yaml"
-    config.write_text(json.dumps(raw))  # JSON is YAML
-    adapter = out / "stages" / "2-upper" / "adapter"
+    config.write_text(json.dumps({**raw, "model": {**raw["model"], "allow_pickle": True}}))  # JSON is YAML
+    adapter = tmp_path / "pickled-adapter"
+    adapter.mkdir()
+    trained = out / "stages" / "2-upper" / "adapter"
+    shutil.copy(trained / "adapter_config.json", adapter)
+    torch.save(safetensors.torch.load_file(trained / "adapter_model.safetensors"), adapter / "adapter_model.bin")
     assert main(["synth", str(config), "--task", "reverse", "-o", str(tmp_path / "s"), "--adapter", str(adapter)]) == 0
     candidates = read_jsonl(tmp_path / "s" / "synthetic" / "reverse.candidates.jsonl")
     selected = sorted((c for c in candidates if c["selected"]), key=lambda c: c["selection_rank"])
