@@ -229,15 +229,20 @@ def test_a_run_saved_before_new_config_keys_resumes(task_dir, tiny_model_dir, tm
         run(load_config(None, raw={**raw, "train": {**raw["train"], "lr": 5e-4}}), out)
 
 
-def test_evaluation_cuts_prompts_and_scores_in_the_tasks_language(task_dir, tiny_model_dir, tmp_path):
+def test_evaluation_cuts_prompts_and_scores_in_the_tasks_language(task_dir, tiny_model_dir, tmp_path, monkeypatch):
     """Each stage's evaluation answers prompts cut to `train.max_source_length` (their start
     dropped), and scores them in the task's `language`: for a non-English task a reference that
     adds an accented word to the answer is a different word sequence (Unicode words), whereas
-    the English scorer would drop the "é" and find the answer whole."""
+    the English scorer would drop the "é" and find the answer whole. Its progress bar names the task."""
     import re
     import shutil
 
+    import ssr.generation
     from ssr.models import load_tokenizer
+
+    bars = []
+    real_tqdm = ssr.generation.tqdm
+    monkeypatch.setattr(ssr.generation, "tqdm", lambda *a, **kw: bars.append(kw.get("desc")) or real_tqdm(*a, **kw))
 
     tasks = tmp_path / "tasks"
     tasks.mkdir()
@@ -255,6 +260,7 @@ def test_evaluation_cuts_prompts_and_scores_in_the_tasks_language(task_dir, tiny
     cfg["train"]["max_source_length"] = 8
     cfg["tasks"][0]["language"] = "es"
     run(load_config(None, raw=cfg), tmp_path / "run")
+    assert bars == ["eval reverse", "eval reverse"]  # before and after the stage
     predicted = {r["input"]: r for r in read_jsonl(tmp_path / "run" / "stages" / "0-base" / "predictions" / "reverse.jsonl")}
     assert [predicted[x]["prediction"] for x in inputs] == answers
     for x, answer in zip(inputs, answers):
