@@ -65,7 +65,9 @@ def test_ssr_end_to_end(ssr_run, task_dir, tmp_path):
         assert f"ssr.methods.ssr: task {t}: synthesizing\n" in log_text
         assert f"ssr.methods.ssr: task {t}: refining {len(selected)} selected inputs\n" in log_text
     assert not (out / "synthetic" / "count.quality.json").exists()
-    # each evaluation is announced and its score logged, once: as results.json has it, to 2 decimals
+    # the run announces itself (where, which method, which tasks, how many processes), then each
+    # evaluation is announced and its score logged, once: as results.json has it, to 2 decimals
+    assert log_text.count(f"ssr: run {out}: method ssr, tasks {TASKS}, 1 process(es)\n") == 1
     for i, stage in enumerate(["0-base"] + [f"{i}-{t}" for i, t in enumerate(TASKS, 1)]):
         for j, t in enumerate(TASKS):
             assert log_text.count(f"ssr: stage {stage}, task {t}: evaluating\n") == 1
