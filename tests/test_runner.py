@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from peft import PeftModel
 
 import ssr.runner
@@ -266,3 +267,36 @@ def test_evaluation_cuts_prompts_and_scores_in_the_tasks_language(task_dir, tiny
     for x, answer in zip(inputs, answers):
         n = len(re.findall(r"\w+", answer.lower()))  # the reference has one word more: LCS n, P 1, R n/(n+1)
         assert predicted[x]["rougeL"] == pytest.approx(2 * n / (2 * n + 1))
+
+
+def test_a_stage_trains_its_rows_with_the_seed_plus_its_index(task_dir, tiny_model_dir, tmp_path):
+    """Stage k is `train_stage` on the rows of its train.jsonl, with a LoRA adapter attached and
+    trained under `seed + k` (README, resumption): composed here by hand, the same adapter weights."""
+    import safetensors.torch
+
+    from ssr.models import get_template, load_tokenizer
+    from ssr.models.lora import attach_adapter
+    from ssr.training import train_stage
+
+    raw = tiny_config(task_dir, tiny_model_dir, tasks=("reverse",))
+    cfg = load_config(None, raw=raw)
+    out = tmp_path / "run"
+    run(cfg, out)
+    stage = out / "stages" / "1-reverse"
+    model = attach_adapter(load_base_model(str(tiny_model_dir)), cfg, 1, raw["seed"] + 1)
+    train_stage(model, get_template("raw", load_tokenizer(str(tiny_model_dir))), read_jsonl(stage / "train.jsonl"),
+                cfg.train, raw["seed"] + 1, desc="by hand", bf16=False)
+    saved = safetensors.torch.load_file(stage / "adapter" / "adapter_model.safetensors")
+    mine = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(saved) == len(mine) > 0
+    for (name, want), got in zip(sorted(mine.items()), (saved[k] for k in sorted(saved))):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7), name
+
+
+def test_train_bf16_auto_is_resolved_once_per_run(task_dir, tiny_model_dir, tmp_path):
+    """`train.bf16: auto` is decided once for the run (and logged once), not again by each stage."""
+    raw = tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper"))
+    raw["train"]["bf16"] = "auto"
+    raw["model"]["cache_dir"] = str(tmp_path / "cache")
+    run(load_config(None, raw=raw), tmp_path / "run")
+    assert (tmp_path / "run" / "run.log").read_text().count("train.bf16 auto: ") == 1

@@ -32,6 +32,12 @@ def test_ssr_end_to_end(ssr_run, task_dir, tmp_path):
         assert by_source[(t, "new")] == 24
         assert {k for k in by_source if k[1] != "new"} == {(p, "synthetic") for p in TASKS[: i - 1]}
         assert "replay" not in {r["source"] for r in rows}
+        # the stage's training is announced with its rows per task and source (in order of first
+        # appearance), and its statistics are logged as train_stats.json has them
+        sources = ", ".join(f"{task}/{source}: {n}" for (task, source), n in by_source.items())
+        assert log_text.count(f"ssr: stage {i}-{t}: training on {len(rows)} rows ({sources})\n") == 1
+        stats = json.loads((out / "stages" / f"{i}-{t}" / "train_stats.json").read_text())
+        assert log_text.count(f"ssr: stage {i}-{t}: {stats}\n") == 1
     assert not (out / "synthetic" / "count.jsonl").exists()  # nothing after the last stage
 
     for i, t in enumerate(TASKS[:2], 1):
