@@ -97,6 +97,12 @@ def test_learnt_stage_0_replayed_and_general_abilities_measured(task_dir, tiny_m
     out = tmp_path / "run"
     results = run(load_config(None, raw=_general_config(task_dir, tiny_model_dir, "replay", per_task=3)), out)
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["0-base", "1-reverse", "2-upper"]  # general: no stage
+    # every step's wall time is recorded under its name, in the order they ran; the learnt task's
+    # rehearsal set is built right after the base model is evaluated ("after 0-base")
+    stage_steps = lambda s, more: [f"eval {s} general", f"eval {s} reverse", f"eval {s} upper", f"general {s}", *more]  # noqa: E731
+    assert [json.loads(x)["step"] for x in (out / "timings.jsonl").read_text().splitlines()] == [
+        *stage_steps("0-base", ["after 0-base", "train 1-reverse"]),
+        *stage_steps("1-reverse", ["after 1-reverse", "train 2-upper"]), *stage_steps("2-upper", [])]
     s = results["scores"]
     assert results["tasks"] == ["general", "reverse", "upper"] and len(s) == 3 and all(len(r) == 3 for r in s)
     # metrics over the trained tasks (columns 1, 2); the learnt task is reported on its own
