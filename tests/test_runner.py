@@ -300,3 +300,21 @@ def test_train_bf16_auto_is_resolved_once_per_run(task_dir, tiny_model_dir, tmp_
     raw["model"]["cache_dir"] = str(tmp_path / "cache")
     run(load_config(None, raw=raw), tmp_path / "run")
     assert (tmp_path / "run" / "run.log").read_text().count("train.bf16 auto: ") == 1
+
+
+@pytest.mark.parametrize("adapter", ["continue", "new"])
+def test_a_stage_evaluated_after_a_restart_loads_the_model_it_trained(task_dir, tiny_model_dir, tmp_path, adapter):
+    """A rerun that must evaluate stage 2 again loads it from disk: stage 1's adapter continued
+    (`continue`), or stage 1's merged into the weights under stage 2's own (`new`). Its answers
+    are those the run gave with the model in memory."""
+    cfg = tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper"))
+    cfg["train"]["adapter"] = adapter
+    out = tmp_path / "run"
+    first = run(load_config(None, raw=cfg), out)
+    predictions = out / "stages" / "2-upper" / "predictions"
+    written = {p.name: p.read_text() for p in predictions.iterdir()}
+    for p in predictions.iterdir():
+        p.unlink()
+    (out / "results.json").unlink()  # else the finished run would not be opened at all
+    assert run(load_config(None, raw=cfg), out)["scores"] == first["scores"]
+    assert {p.name: p.read_text() for p in predictions.iterdir()} == written
