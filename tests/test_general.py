@@ -199,3 +199,18 @@ def test_open_domain_candidates_are_selected_one_per_cluster_and_refined_under_t
     rows = rehearsal_rows(task, selected, outputs, refined=True)
     assert [r["definition"] for r in rows] == [c["instruction"] for c in selected]
     assert [r["input"] for r in rows] == [c["input"] for c in selected]
+
+
+def test_general_abilities_measured_again_after_a_restart_load_the_stage_model(task_dir, tiny_model_dir, tmp_path):
+    """A rerun that must measure stage 2's general abilities again loads that stage's model from
+    disk (under `train.adapter: new`, stage 1's adapter merged beneath stage 2's): the same figures."""
+    raw = _general_config(task_dir, tiny_model_dir, "sequential")
+    raw["train"]["adapter"] = "new"
+    out = tmp_path / "run"
+    first = run(load_config(None, raw=raw), out)
+    general = out / "stages" / "2-upper" / "general.json"
+    written = general.read_text()
+    general.unlink()
+    (out / "results.json").unlink()  # else the finished run would not be opened at all
+    assert run(load_config(None, raw=raw), out)["general"] == first["general"]
+    assert general.read_text() == written

@@ -46,6 +46,13 @@ def test_every_method_end_to_end(task_dir, tiny_model_dir, tmp_path, method, opt
         rows = read_jsonl(out / "stages" / "0-base" / "predictions" / f"{t}.jsonl")
         assert len(rows) == 4 and scores[0][TASKS.index(t)] == pytest.approx(score_predictions(rows)["rougeL"])
     stages = sorted(p.name for p in (out / "stages").iterdir())
+    # exact match x 100 of every prediction file, by stage and task (the rows' own verdicts averaged)
+    exact_match = {s: {} for s in stages}
+    for s in stages:
+        for path in (out / "stages" / s / "predictions").glob("*.jsonl"):
+            rows = read_jsonl(path)
+            exact_match[s][path.stem] = pytest.approx(100 * sum(r["exact_match"] for r in rows) / len(rows))
+    assert results["exact_match"] == exact_match
     if method == "mtl":
         assert stages == ["0-base", "1-mtl"]
         assert all(v is None for row in scores[1:3] for v in row) and None not in scores[3]
