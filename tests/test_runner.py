@@ -41,6 +41,8 @@ def test_every_method_end_to_end(task_dir, tiny_model_dir, tmp_path, method, opt
     else:
         assert metrics == continual_metrics(scores)
     assert results == json.loads((out / "results.json").read_text())
+    assert results["engines"] == {"generation": "hf", "generation_dtype": "float32", "training_dtype": "float32",
+                                  "training_autocast": "off"} and results["processes"] == 1
     assert (out / "config.yaml").exists() and (out / "run.log").exists()
     for t in TASKS:  # row 0 is the base model, read back from its prediction files
         rows = read_jsonl(out / "stages" / "0-base" / "predictions" / f"{t}.jsonl")
@@ -300,13 +302,19 @@ def test_a_stage_trains_its_rows_with_the_seed_plus_its_index(task_dir, tiny_mod
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-7), name
 
 
-def test_train_bf16_auto_is_resolved_once_per_run(task_dir, tiny_model_dir, tmp_path):
-    """`train.bf16: auto` is decided once for the run (and logged once), not again by each stage."""
+def test_auto_precision_is_resolved_once_per_run_and_recorded(task_dir, tiny_model_dir, tmp_path):
+    """`train.bf16: auto` is decided once for the run (and logged once), not again by each stage;
+    `model.dtype: auto` is fp32 for the hf engine on a CPU, and an hf run never resolves (nor
+    measures, nor logs) the vLLM engine's dtype. results.json records what was decided."""
     raw = tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper"))
-    raw["train"]["bf16"] = "auto"
+    raw["train"]["bf16"] = raw["model"]["dtype"] = "auto"
     raw["model"]["cache_dir"] = str(tmp_path / "cache")
-    run(load_config(None, raw=raw), tmp_path / "run")
-    assert (tmp_path / "run" / "run.log").read_text().count("train.bf16 auto: ") == 1
+    results = run(load_config(None, raw=raw), tmp_path / "run")
+    log_text = (tmp_path / "run" / "run.log").read_text()
+    assert log_text.count("train.bf16 auto: ") == 1 and "for vLLM" not in log_text
+    autocast = "bfloat16" if "train.bf16 auto: on" in log_text else "off"
+    assert results["engines"] == {"generation": "hf", "generation_dtype": "float32", "training_dtype": "float32",
+                                  "training_autocast": autocast}
 
 
 @pytest.mark.parametrize("adapter", ["continue", "new"])
