@@ -74,6 +74,7 @@ def test_ssr_end_to_end(ssr_run, task_dir, tmp_path):
     # the run announces itself (where, which method, which tasks, how many processes), then each
     # evaluation is announced and its score logged, once: as results.json has it, to 2 decimals
     assert log_text.count(f"ssr: run {out}: method ssr, tasks {TASKS}, 1 process(es)\n") == 1
+    assert log_text.endswith(f"ssr: results: AR {results['AR']} FWT {results['FWT']} BWT {results['BWT']}\n")
     for i, stage in enumerate(["0-base"] + [f"{i}-{t}" for i, t in enumerate(TASKS, 1)]):
         for j, t in enumerate(TASKS):
             assert log_text.count(f"ssr: stage {stage}, task {t}: evaluating\n") == 1

@@ -173,3 +173,17 @@ def test_stage_1_is_shared_only_from_a_matching_finished_run(task_dir, tiny_mode
                                                                           "eval 1-reverse reverse")]
     assert [r.getMessage() for r in caplog.records] == [f"reused 0-base and 1-reverse from {source}"]
     assert not share_first_stage(source, replay, target)  # the target has stages already: nothing copied
+
+
+def test_wall_seconds_sums_the_recorded_steps(tmp_path):
+    """A run's wall time is the sum of its timings.jsonl steps to 0.1 s (reruns append, blank lines
+    are skipped); `own_only` leaves out the steps copied from another run; no file, no time."""
+    from ssr.runner import wall_seconds
+
+    assert wall_seconds(tmp_path) == 0.0 and wall_seconds(tmp_path, own_only=True) == 0.0
+    steps = [{"step": "eval 0-base reverse", "seconds": 1.25, "shared_from": "/elsewhere"},
+             {"step": "train 1-reverse", "seconds": 20.5, "shared_from": "/elsewhere"},
+             {"step": "train 2-upper", "seconds": 7.27}, {"step": "train 2-upper", "seconds": 0.06}]
+    (tmp_path / "timings.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps[:3]) + "\n" + json.dumps(steps[3]) + "\n")
+    assert wall_seconds(tmp_path) == 29.1  # 29.08
+    assert wall_seconds(tmp_path, own_only=True) == 7.3  # 7.33
