@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q
+	# the slowest tests listed after every run: the suite must stay under 5 minutes here
+	$(BIN)/python -m pytest -q --durations=15
 
 demo: install
 	$(BIN)/ssr demo --output-dir runs/demo
