@@ -50,15 +50,24 @@ def _log_has(out: Path, text: str) -> bool:
 
 
 def test_sigkill_in_each_phase_resumes_to_identical_files(harness):
-    """The reduced harness: SIGKILL in training, synthesis and refinement, rerun, compare everything."""
+    """The reduced harness, its kills chained in one directory to save launches: SIGKILL in
+    training, then the rerun killed in synthesis, that rerun killed in refinement; the last rerun
+    ends with every file of the uninterrupted run."""
     rng = random.Random(0)
-    for k, phase in enumerate(("training", "synthesis", "refinement")):
-        out = harness["work"] / f"killed-{phase}"
-        point = kill_harness.kill_point(harness["config"], out, phase, harness["log"], harness["seconds"], rng)
-        assert point["killed"], f"the run finished before the kill in {phase}"
-        assert point["stale_lock_pid"] == point["killed_pid"], "the killed run held the lock; the rerun took it over"
-        assert kill_harness.compare(harness["reference"], out) == [], f"resumed after a kill in {phase}: files differ"
-        assert not [p for p in out.rglob(".*") if p.name != ".lock"], "a killed write's temporary was left behind"
+    out = harness["work"] / "killed"
+    for phase in ("training", "synthesis", "refinement"):
+        marker = kill_harness.PHASES[phase]
+        seen = kill_harness._log_count(out, marker)  # the earlier launches' lines stay in run.log
+        proc = kill_harness.start_run(harness["config"], out)
+        _wait_for(lambda: kill_harness._log_count(out, marker) > seen, proc, f"{phase} after {seen} earlier lines")
+        time.sleep(rng.uniform(0.0, 0.03))  # the tiny model's steps take tens of milliseconds
+        assert proc.poll() is None, f"the run finished before the kill in {phase}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert json.loads((out / ".lock").read_text())["pid"] == proc.pid, "the killed run held the lock"
+    kill_harness.finish(kill_harness.start_run(harness["config"], out))  # takes the dead run's lock over
+    assert kill_harness.compare(harness["reference"], out) == [], "resumed after kills in every phase: files differ"
+    assert not [p for p in out.rglob(".*") if p.name != ".lock"], "a killed write's temporary was left behind"
 
 
 def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(harness):
