@@ -333,3 +333,58 @@ def test_a_stage_evaluated_after_a_restart_loads_the_model_it_trained(task_dir, 
     (out / "results.json").unlink()  # else the finished run would not be opened at all
     assert run(load_config(None, raw=cfg), out)["scores"] == first["scores"]
     assert {p.name: p.read_text() for p in predictions.iterdir()} == written
+
+
+def test_a_split_generator_answers_every_prompt_in_order(tiny_model_dir):
+    """`SplitGenerator` on one process: split (the hf backend's way) it answers every prompt,
+    back in the caller's order after its longest-first sort, with each answer and its finish
+    reason as the plain generator gives them one prompt at a time; not split (vLLM's way) it hands
+    the main process's answers over whole. Sampled generation is refused when split."""
+    from ssr.distributed import Dist
+    from ssr.generation import HFGenerator, SamplingParams
+    from ssr.models import load_tokenizer
+    from ssr.runner import SplitGenerator
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    plain = HFGenerator(load_base_model(str(tiny_model_dir)), tok, batch_size=2, show_progress=False)
+    prompts = [tok(text)["input_ids"] for text in ("apple", "seven paper stone cloud river green", "quick table", "music")]
+    greedy = SamplingParams(max_new_tokens=5)
+    alone = [plain.generate([p], greedy)[0] for p in prompts]
+    assert len({len(p) for p in prompts}) > 1 and any(c[0].finish_reason == "length" for c in alone)
+    for split in (True, False):
+        got = SplitGenerator(Dist(), plain, split=split).generate(prompts, greedy)
+        assert [[(str(c), c.finish_reason) for c in row] for row in got] == [[(str(c), c.finish_reason) for c in row] for row in alone]
+    with pytest.raises(ValueError, match="sampled generation is not split across processes"):
+        SplitGenerator(Dist(), plain, split=True).generate(prompts, SamplingParams(max_new_tokens=5, do_sample=True))
+
+
+def test_merged_weights_name_the_adapter_chain_and_save_it_merged(task_dir, tiny_model_dir, tmp_path):
+    """What a merged vLLM engine is handed (no engine needed to check it): θ(0) is None; stage 2
+    under `train.adapter: new` is named by its chain of adapter directories with their files'
+    latest times, and saves as a model directory holding θ(0) + stage 1's adapter merged + stage
+    2's merged (merged here with PEFT directly), while the loaded model keeps its adapter."""
+    from transformers import AutoModelForCausalLM
+
+    from ssr.methods.base import Stage
+    from ssr.runner import BASE_STAGE, ModelState
+
+    raw = tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper"))
+    raw["train"]["adapter"] = "new"
+    cfg = load_config(None, raw=raw)
+    out = tmp_path / "run"
+    run(cfg, out)
+    first, second = Stage(1, "1-reverse", ("reverse",), fresh=True), Stage(2, "2-upper", ("upper",))
+    models = ModelState(cfg, out)
+    assert models.merged_weights(BASE_STAGE, []) is None
+    weights = models.merged_weights(second, [first])
+    adapters = [out / "stages" / s / "adapter" for s in ("1-reverse", "2-upper")]
+    assert weights.key == tuple((str(d.resolve()), max(f.stat().st_mtime_ns for f in d.iterdir())) for d in adapters)
+    weights.save(tmp_path / "merged")
+    assert models.adapter_parameters(), "the loaded model keeps its adapter"
+    by_hand = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(adapters[0])).merge_and_unload()
+    by_hand = PeftModel.from_pretrained(by_hand, str(adapters[1])).merge_and_unload().state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").state_dict()
+    assert saved.keys() == by_hand.keys() and next(iter(saved.values())).dtype == torch.float32
+    assert all(torch.allclose(saved[k], by_hand[k], atol=1e-6) for k in saved)
+    base = load_base_model(str(tiny_model_dir)).state_dict()
+    assert not all(torch.equal(saved[k], base[k]) for k in saved)  # the merge changed the weights
