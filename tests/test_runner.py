@@ -388,3 +388,22 @@ def test_merged_weights_name_the_adapter_chain_and_save_it_merged(task_dir, tiny
     assert all(torch.allclose(saved[k], by_hand[k], atol=1e-6) for k in saved)
     base = load_base_model(str(tiny_model_dir)).state_dict()
     assert not all(torch.equal(saved[k], base[k]) for k in saved)  # the merge changed the weights
+
+
+def test_the_vllm_engine_is_asked_for_with_the_configs_settings(task_dir, tiny_model_dir, monkeypatch):
+    """The one engine a run uses is fixed by the config: the model's directory, the vLLM dtype,
+    the smallest LoRA rank vLLM sizes for that holds `train.lora.r` (9 -> 16), the memory
+    settings, the safety switches and how stages are served. (Starting it: tests/test_vllm.py.)"""
+    import ssr.engines.vllm
+    from ssr.engines.vllm import EngineSpec
+    from ssr.runner import ModelState
+
+    raw = tiny_config(task_dir, tiny_model_dir, backend="vllm")
+    raw["model"].update(dtype="bfloat16", allow_pickle=True, trust_remote_code=True)
+    raw["train"]["lora"] = {"r": 9}
+    raw["generation"].update(kv_cache_gb=0.75, gpu_memory_utilization=0.3, vllm_adapters="merged")
+    asked = []
+    monkeypatch.setattr(ssr.engines.vllm, "get_engine", lambda spec: asked.append(spec) or "the engine")
+    assert ModelState(load_config(None, raw=raw), tiny_model_dir).engine() == "the engine"
+    assert asked == [EngineSpec(model_path=str(tiny_model_dir), dtype="bfloat16", max_lora_rank=16, kv_cache_gb=0.75,
+                                gpu_memory_utilization=0.3, trust_remote_code=True, allow_pickle=True, adapters="merged")]
