@@ -146,6 +146,7 @@ def test_sequential_under_two_processes_is_the_one_process_run(task_dir, tiny_mo
     _assert_same_computation(one, tmp_path / "two", task_dir)
     log = (tmp_path / "two" / "run.log").read_text()
     assert "2 process(es)" in log and log.count("stage 0-base, task reverse: evaluating") == 1
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["processes"] == 2
 
 
 def test_ssr_under_two_processes_killed_in_training_reruns_to_the_one_process_run(task_dir, tiny_model_dir,
