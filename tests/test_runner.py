@@ -355,7 +355,7 @@ def test_a_split_generator_answers_every_prompt_in_order(tiny_model_dir):
     for split in (True, False):
         got = SplitGenerator(Dist(), plain, split=split).generate(prompts, greedy)
         assert [[(str(c), c.finish_reason) for c in row] for row in got] == [[(str(c), c.finish_reason) for c in row] for row in alone]
-    with pytest.raises(ValueError, match="sampled generation is not split across processes"):
+    with pytest.raises(ValueError, match=r"^sampled generation is not split across processes \(its draws would change\); run it on one$"):
         SplitGenerator(Dist(), plain, split=True).generate(prompts, SamplingParams(max_new_tokens=5, do_sample=True))
 
 
@@ -389,6 +389,14 @@ def test_merged_weights_name_the_adapter_chain_and_save_it_merged(task_dir, tiny
     assert all(torch.allclose(saved[k], by_hand[k], atol=1e-6) for k in saved)
     base = load_base_model(str(tiny_model_dir)).state_dict()
     assert not all(torch.equal(saved[k], base[k]) for k in saved)  # the merge changed the weights
+    # saved in the vLLM engine's dtype, not the training model's: with `model.dtype: auto` on a CPU
+    # the hf model is fp32, the engine's dtype is measured (bf16 where bf16 matmul is fast)
+    raw["model"].update(dtype="auto", cache_dir=str(tmp_path / "cache"))
+    measured = ModelState(load_config(None, raw=raw), out)
+    measured.merged_weights(second, [first]).save(tmp_path / "merged-auto")
+    engine_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[measured.vllm_dtype_name]
+    assert measured.hf_dtype_name == "float32" or torch.cuda.is_available()
+    assert next(iter(AutoModelForCausalLM.from_pretrained(tmp_path / "merged-auto", dtype="auto").state_dict().values())).dtype == engine_dtype
 
 
 def test_the_vllm_engine_is_asked_for_with_the_configs_settings(task_dir, tiny_model_dir, monkeypatch):
