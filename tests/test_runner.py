@@ -416,3 +416,34 @@ def test_the_vllm_engine_is_asked_for_with_the_configs_settings(task_dir, tiny_m
     assert ModelState(load_config(None, raw=raw), tiny_model_dir).engine() == "the engine"
     assert asked == [EngineSpec(model_path=str(tiny_model_dir), dtype="bfloat16", max_lora_rank=16, kv_cache_gb=0.75,
                                 gpu_memory_utilization=0.3, trust_remote_code=True, allow_pickle=True, adapters="merged")]
+
+
+@pytest.mark.parametrize("zero_stage, backend, adapters, refused", [
+    (None, "hf", "auto", None), (2, "hf", "auto", None), (3, "vllm", "lora", None),
+    (3, "hf", "auto", "field 'generation.backend': DeepSpeed ZeRO-3 shards the training model's weights across processes"),
+    (3, "vllm", "merged", "field 'generation.vllm_adapters': under DeepSpeed ZeRO-3 no process holds a stage's whole weights")])
+def test_a_zero3_launch_refuses_what_it_cannot_generate_with(task_dir, tiny_model_dir, zero_stage, backend, adapters, refused):
+    """Under DeepSpeed ZeRO-3 no process holds the whole model: the hf backend cannot generate and
+    a merged vLLM engine has nothing to merge, so the launch is refused before anything is written.
+    (DeepSpeed is not installed here: the launch's accelerator state is stood in for, around
+    accelerate's own DeepSpeedPlugin; the refusal reads only its ZeRO stage.)"""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    from ssr.distributed import Dist
+    from ssr.errors import ConfigError
+    from ssr.runner import check_launch
+
+    plugin = DeepSpeedPlugin(zero_stage=zero_stage) if zero_stage else None
+    launch = SimpleNamespace(process_index=0, num_processes=2, is_main_process=True, device=torch.device("cpu"),
+                             state=SimpleNamespace(deepspeed_plugin=plugin))
+    raw = tiny_config(task_dir, tiny_model_dir, backend=backend)
+    raw["generation"]["vllm_adapters"] = adapters
+    cfg = load_config(None, raw=raw)
+    if refused is None:
+        check_launch(cfg, Dist(launch))
+    else:
+        with pytest.raises(ConfigError) as error:
+            check_launch(cfg, Dist(launch))
+        assert str(error.value).startswith(f"config: {refused}")
