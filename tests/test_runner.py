@@ -418,17 +418,25 @@ def test_the_vllm_engine_is_asked_for_with_the_configs_settings(task_dir, tiny_m
                                 gpu_memory_utilization=0.3, trust_remote_code=True, allow_pickle=True, adapters="merged")]
 
 
+ZERO3_BACKEND = ("DeepSpeed ZeRO-3 shards the training model's weights across processes, so it cannot generate by "
+                 "itself: use generation.backend: vllm (the engine loads the weights and each stage's adapter from disk), "
+                 "or ZeRO-2 (see README, Scaling)")
+ZERO3_MERGED = "under DeepSpeed ZeRO-3 no process holds a stage's whole weights to merge: use vllm_adapters: lora"
+
+
 @pytest.mark.parametrize("zero_stage, backend, adapters, refused", [
     (None, "hf", "auto", None), (2, "hf", "auto", None), (3, "vllm", "lora", None),
-    (3, "hf", "auto", "field 'generation.backend': DeepSpeed ZeRO-3 shards the training model's weights across processes"),
-    (3, "vllm", "merged", "field 'generation.vllm_adapters': under DeepSpeed ZeRO-3 no process holds a stage's whole weights")])
-def test_a_zero3_launch_refuses_what_it_cannot_generate_with(task_dir, tiny_model_dir, zero_stage, backend, adapters, refused):
+    (3, "hf", "auto", ("backend", ZERO3_BACKEND)), (3, "vllm", "merged", ("vllm_adapters", ZERO3_MERGED))])
+def test_a_zero3_launch_refuses_what_it_cannot_generate_with(task_dir, tiny_model_dir, tmp_path, zero_stage, backend,
+                                                              adapters, refused):
     """Under DeepSpeed ZeRO-3 no process holds the whole model: the hf backend cannot generate and
-    a merged vLLM engine has nothing to merge, so the launch is refused before anything is written.
-    (DeepSpeed is not installed here: the launch's accelerator state is stood in for, around
-    accelerate's own DeepSpeedPlugin; the refusal reads only its ZeRO stage.)"""
+    a merged vLLM engine has nothing to merge, so the launch is refused before anything is written,
+    naming the config file's line. (DeepSpeed is not installed here: the launch's accelerator
+    state is stood in for, around accelerate's own DeepSpeedPlugin; the refusal reads only its
+    ZeRO stage.)"""
     from types import SimpleNamespace
 
+    import yaml
     from accelerate.utils import DeepSpeedPlugin
 
     from ssr.distributed import Dist
@@ -440,10 +448,15 @@ def test_a_zero3_launch_refuses_what_it_cannot_generate_with(task_dir, tiny_mode
                              state=SimpleNamespace(deepspeed_plugin=plugin))
     raw = tiny_config(task_dir, tiny_model_dir, backend=backend)
     raw["generation"]["vllm_adapters"] = adapters
-    cfg = load_config(None, raw=raw)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(str(path))
     if refused is None:
         check_launch(cfg, Dist(launch))
-    else:
-        with pytest.raises(ConfigError) as error:
-            check_launch(cfg, Dist(launch))
-        assert str(error.value).startswith(f"config: {refused}")
+        return
+    key, message = refused
+    lines = path.read_text().splitlines()
+    line = lines.index("generation:") + 1 + next(i for i, x in enumerate(lines[lines.index("generation:"):]) if x.startswith(f"  {key}:"))
+    with pytest.raises(ConfigError) as error:
+        check_launch(cfg, Dist(launch))
+    assert str(error.value) == f"{path}:{line}: field 'generation.{key}': {message}"
