@@ -94,13 +94,17 @@ def test_one_writer_per_run_directory_and_a_dead_writers_lock_is_taken_over(harn
         holder = json.loads((out / ".lock").read_text())
         assert holder["pid"] == first.pid
         env = {**os.environ, "PYTHONPATH": str(kill_harness.REPO / "src")}
-        for extra in ([], ["--methods", "sequential"]):  # `ssr run`, then `ssr sweep` on the same directory
-            command = "sweep" if extra else "run"
-            second = subprocess.run([sys.executable, "-m", "ssr.cli", command, str(harness["config"]), "-o", str(out), *extra],
-                                    capture_output=True, text=True, timeout=300, env=env)
-            assert second.returncode == 2, second.stderr
-            assert f"is in use by pid {first.pid} on " in second.stderr, second.stderr
-            assert "Traceback" not in second.stderr
+        # `ssr run`, then `ssr sweep` on the same directory, from one other process (one launch, not two)
+        commands = [["run", str(harness["config"]), "-o", str(out)],
+                    ["sweep", str(harness["config"]), "-o", str(out), "--methods", "sequential"]]
+        script = ("import sys; from ssr.cli import main\n"
+                  f"for command in {commands!r}:\n"
+                  "    print(main(command), flush=True); print('--- end of', command[0], file=sys.stderr, flush=True)\n")
+        second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+        assert second.stdout.split() == ["2", "2"], second.stderr
+        for told in second.stderr.split("--- end of")[:2]:
+            assert f"is in use by pid {first.pid} on " in told, second.stderr
+        assert "Traceback" not in second.stderr
     finally:
         first.send_signal(signal.SIGKILL)  # dies holding the lock: the lock file still names it
         first.wait()
