@@ -135,15 +135,22 @@ def test_a_changed_config_is_refused(task_dir, tiny_model_dir, tmp_path):
 
 
 
-def test_new_adapter_per_stage(task_dir, tiny_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def new_adapter_run(task_dir, tiny_model_dir, tmp_path_factory) -> tuple[dict, Path, dict]:
+    """One finished `train.adapter: new` run over reverse and upper, read (never changed) by the
+    tests of what it wrote: its raw config, directory and results."""
+    raw = tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper"))
+    raw["train"]["adapter"] = "new"
+    out = tmp_path_factory.mktemp("new-adapter") / "run"
+    return raw, out, run(load_config(None, raw=raw), out)
+
+
+def test_new_adapter_per_stage(tiny_model_dir, new_adapter_run):
     """`train.adapter: new`: stage 2's model is the base with stage 1's adapter merged into its
     weights, plus stage 2's own adapter (built here with PEFT directly)."""
     from ssr.models import load_tokenizer
 
-    cfg = tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper"))
-    cfg["train"]["adapter"] = "new"
-    out = tmp_path / "run"
-    results = run(load_config(None, raw=cfg), out)
+    _, out, results = new_adapter_run
     assert len(results["scores"]) == 3 and results["BWT"] is not None
     tok = load_tokenizer(str(tiny_model_dir))
     rows = read_jsonl(out / "stages" / "2-upper" / "predictions" / "upper.jsonl")
@@ -359,7 +366,7 @@ def test_a_split_generator_answers_every_prompt_in_order(tiny_model_dir):
         SplitGenerator(Dist(), plain, split=True).generate(prompts, SamplingParams(max_new_tokens=5, do_sample=True))
 
 
-def test_merged_weights_name_the_adapter_chain_and_save_it_merged(task_dir, tiny_model_dir, tmp_path):
+def test_merged_weights_name_the_adapter_chain_and_save_it_merged(tiny_model_dir, new_adapter_run, tmp_path):
     """What a merged vLLM engine is handed (no engine needed to check it): θ(0) is None; stage 2
     under `train.adapter: new` is named by its chain of adapter directories with their files'
     latest times, and saves as a model directory holding θ(0) + stage 1's adapter merged + stage
@@ -369,13 +376,9 @@ def test_merged_weights_name_the_adapter_chain_and_save_it_merged(task_dir, tiny
     from ssr.methods.base import Stage
     from ssr.runner import BASE_STAGE, ModelState
 
-    raw = tiny_config(task_dir, tiny_model_dir, tasks=("reverse", "upper"))
-    raw["train"]["adapter"] = "new"
-    cfg = load_config(None, raw=raw)
-    out = tmp_path / "run"
-    run(cfg, out)
+    raw, out, _ = new_adapter_run
     first, second = Stage(1, "1-reverse", ("reverse",), fresh=True), Stage(2, "2-upper", ("upper",))
-    models = ModelState(cfg, out)
+    models = ModelState(load_config(None, raw=raw), out)
     assert models.merged_weights(BASE_STAGE, []) is None
     weights = models.merged_weights(second, [first])
     adapters = [out / "stages" / s / "adapter" for s in ("1-reverse", "2-upper")]
@@ -391,8 +394,8 @@ def test_merged_weights_name_the_adapter_chain_and_save_it_merged(task_dir, tiny
     assert not all(torch.equal(saved[k], base[k]) for k in saved)  # the merge changed the weights
     # saved in the vLLM engine's dtype, not the training model's: with `model.dtype: auto` on a CPU
     # the hf model is fp32, the engine's dtype is measured (bf16 where bf16 matmul is fast)
-    raw["model"].update(dtype="auto", cache_dir=str(tmp_path / "cache"))
-    measured = ModelState(load_config(None, raw=raw), out)
+    auto = {**raw, "model": {**raw["model"], "dtype": "auto", "cache_dir": str(tmp_path / "cache")}}  # the shared config unchanged
+    measured = ModelState(load_config(None, raw=auto), out)
     measured.merged_weights(second, [first]).save(tmp_path / "merged-auto")
     engine_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[measured.vllm_dtype_name]
     assert measured.hf_dtype_name == "float32" or torch.cuda.is_available()
@@ -455,8 +458,8 @@ def test_a_zero3_launch_refuses_what_it_cannot_generate_with(task_dir, tiny_mode
         check_launch(cfg, Dist(launch))
         return
     key, message = refused
-    lines = path.read_text().splitlines()
-    line = lines.index("generation:") + 1 + next(i for i, x in enumerate(lines[lines.index("generation:"):]) if x.startswith(f"  {key}:"))
+    lines = path.read_text().splitlines()  # the key's line, within the generation section
+    line = 1 + next(i for i in range(lines.index("generation:"), len(lines)) if lines[i].startswith(f"  {key}:"))
     with pytest.raises(ConfigError) as error:
         check_launch(cfg, Dist(launch))
     assert str(error.value) == f"{path}:{line}: field 'generation.{key}': {message}"
