@@ -9,7 +9,14 @@ mutation run loads SmolLM2 or starts vLLM (the tests listed use the tiny random 
 mutmut runs with one worker by default (`--workers`, mutmut's `--max-children`): the machine is
 shared. Results are cached by mutmut in the work directory, so an interrupted run resumes;
 mutmut keeps a verdict even when the tests change, so after new tests `--rerun-survivors`
-judges the survivors again (and only them). Tests that launch processes or start vLLM are too slow
+judges the survivors again (and only them).
+
+The verdicts also live in the repository, in `benchmarks/mutation-cache/` (mutmut's `.meta` files:
+each mutant's exit code under the hash of the function it mutates; its map of tests to functions;
+the slow tests' verdicts; `results.json`, the table's figures): a run saves them as it ends (also
+when interrupted; `--save-cache` snapshots a run still going), and a work directory that is missing,
+as in a fresh clone, is restored from them. mutmut judges again only the mutants of functions whose
+source changed since, so a run of hours can be spread over sessions that share nothing but git. Tests that launch processes or start vLLM are too slow
 for every mutant, and mutmut cannot see what a launched process calls: `--slow-tests` runs a
 module's `SLOW_TESTS` against the survivors and no-test mutants of the functions they cover, one
 mutant at a time, and counts those they kill.
@@ -40,6 +47,8 @@ from ssr.models.dtype import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "mutation"
+CACHE = ROOT / "benchmarks" / "mutation-cache"
+"""Committed: what a module's work directory must keep for a later session to resume (see the docstring)."""
 SECTION = "## Mutation testing (`make mutation`)"
 
 # module -> (files mutated, unit tests that judge them, mutant-name patterns or None for every
@@ -111,11 +120,61 @@ def unkillable_here() -> dict[str, str]:
     return _listed(UNKILLABLE_HERE)
 
 
+def _cached_files(work: Path) -> list[Path]:
+    """The files of a work directory that hold its verdicts, relative to it: mutmut's `.meta` per
+    mutated source file and its test map, and the slow tests' verdicts."""
+    found = [p.relative_to(work) for p in sorted((work / "mutants").rglob("*.py.meta"))]
+    return found + [Path(n) for n in ("mutants/mutmut-stats.json", SLOW_VERDICTS) if (work / n).exists()]
+
+
+def save_cache(module: str) -> int:
+    """Copy the module's verdicts from its work directory into CACHE/<module>/ (replacing what was
+    there); the number of files saved. A file mutmut is writing at that moment is retried."""
+    work, saved = WORK / module, CACHE / module
+    files = _cached_files(work)
+    if not files:
+        return 0
+    copies: dict[Path, str] = {}
+    for name in files:
+        for _ in range(5):
+            text = (work / name).read_text()
+            try:
+                json.loads(text)
+                break
+            except json.JSONDecodeError:  # caught mid-write
+                time.sleep(1)
+        else:
+            raise RuntimeError(f"{work / name} is not valid JSON; nothing saved for {module}")
+        copies[name] = text
+    shutil.rmtree(saved, ignore_errors=True)
+    for name, text in copies.items():
+        (saved / name).parent.mkdir(parents=True, exist_ok=True)
+        (saved / name).write_text(text)
+    return len(copies)
+
+
+def restore_cache(module: str) -> int:
+    """Lay the module's committed verdicts into a work directory that has none (a fresh clone);
+    the number of files restored. mutmut then keeps each verdict whose function is unchanged."""
+    work, saved = WORK / module, CACHE / module
+    if (work / "mutants").exists() or not saved.is_dir():
+        return 0
+    files = [p.relative_to(saved) for p in sorted(saved.rglob("*")) if p.is_file()]
+    for name in files:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(saved / name, work / name)
+    return len(files)
+
+
 def prepare(module: str) -> Path:
-    """The module's work directory: src/, tests/ and a pyproject.toml configured for mutmut."""
+    """The module's work directory: src/, tests/ and a pyproject.toml configured for mutmut, with
+    the committed verdicts restored if it had none."""
     files, tests, _ = MODULES[module]
     work = WORK / module
     work.mkdir(parents=True, exist_ok=True)
+    restored = restore_cache(module)
+    if restored:
+        print(f"   {module}: {restored} verdict files restored from {CACHE.relative_to(ROOT)}/{module}", flush=True)
     for name in ("src", "tests", "configs", "benchmarks"):  # configs, benchmarks: tests load them
         shutil.rmtree(work / name, ignore_errors=True)
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -209,12 +268,15 @@ def judge_with_slow_tests(module: str) -> int:
     pending = [n for n in tally(module, work)["survived"] + no_tests if slow_tests_for(module, n) and n not in judged]
     print(f"   {module}: {len(pending)} survivors and no-test mutants for the slow tests (unmutated: "
           + ", ".join(f"{round(b)} s" for b in baselines.values()) + ")", flush=True)
-    for i, mutant in enumerate(pending, 1):
-        tests = slow_tests_for(module, mutant)
-        verdict, seconds = judge(mutant, tests, 10 * baselines[tuple(tests)] + 60)
-        cached[mutant] = {"verdict": verdict, "function_hash": _function_hash(work, mutant), "seconds": round(seconds, 1)}
-        path.write_text(json.dumps(cached, indent=1))
-        print(f"   [{i}/{len(pending)}] {mutant}: {verdict} ({seconds:.0f} s)", flush=True)
+    try:
+        for i, mutant in enumerate(pending, 1):
+            tests = slow_tests_for(module, mutant)
+            verdict, seconds = judge(mutant, tests, 10 * baselines[tuple(tests)] + 60)
+            cached[mutant] = {"verdict": verdict, "function_hash": _function_hash(work, mutant), "seconds": round(seconds, 1)}
+            path.write_text(json.dumps(cached, indent=1))
+            print(f"   [{i}/{len(pending)}] {mutant}: {verdict} ({seconds:.0f} s)", flush=True)
+    finally:
+        save_cache(module)
     return 0
 
 
@@ -246,9 +308,12 @@ def run_module(module: str, rerun_survivors: bool = False, workers: int = 1) -> 
         patterns = MODULES[module][2] or []
     returncode = 0
     if patterns or not rerun_survivors:  # no survivor to judge again: no run (mutmut would run everything)
-        with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
-            returncode = subprocess.run([*nice, str(MUTMUT), "run", "--max-children", str(workers), *patterns], cwd=work,
-                                        env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        try:
+            with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
+                returncode = subprocess.run([*nice, str(MUTMUT), "run", "--max-children", str(workers), *patterns],
+                                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        finally:  # also on Ctrl-C: what was judged so far goes to the committed cache
+            save_cache(module)
     wall = time.time() - started
     return {**tally(module, work), "wall_min": round(wall / 60, 1), "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()], "returncode": returncode,
@@ -323,6 +388,11 @@ def markdown(results: list[dict], command: str, note: str = "") -> str:
                      f"{r['wall_min']} min, {workers} worker{'' if workers == '1' else 's'}"
                      + (f", then {r['slow_tests_min']} min of slow tests" if r.get("slow_tests_min") else "")
                      + f" | {r['load_before'][0]} → {r['load_after'][0]} |")
+    recorded = [r["module"] for r in results if r.get("recorded")]
+    if recorded:
+        lines += ["", f"Rows of {', '.join(recorded)}: as measured then. Their verdicts predate `{CACHE.relative_to(ROOT)}/` and "
+                      "were lost with an uncommitted work directory, so `--tally-only` keeps these rows as recorded; a new run "
+                      "of the module replaces its row."]
     not_run = [m for m in MODULES if m not in {r["module"] for r in results}]
     if not_run:
         lines += ["", "Not yet run: " + ", ".join(f"{m} ({', '.join(f.removeprefix('src/ssr/') for f in MODULES[m][0])})"
@@ -350,7 +420,11 @@ def recount(modules: list[str], previous: dict, json_path: Path) -> None:
     """`--tally-only`: refresh the counts of modules already run from mutmut's cache (nothing rerun)."""
     for module in modules:
         work = WORK / module
-        if module in previous:
+        if not (work / "mutants").exists():  # a fresh checkout: the committed verdicts, and mutmut's config to read them
+            prepare(module)
+        if module in previous and not (work / "mutants").exists():  # figures recorded before the cache was kept
+            print(f"   {module}: no verdicts here nor in {CACHE.relative_to(ROOT)}; its figures stay as recorded", flush=True)
+        elif module in previous:
             previous[module].update(tally(module, work))
             if "finished" not in previous[module] and (work / "mutmut-run.log").exists():  # runs from before the field
                 finished = datetime.fromtimestamp((work / "mutmut-run.log").stat().st_mtime, timezone.utc)
@@ -362,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", default=",".join(MODULES), help=f"comma-separated, of {', '.join(MODULES)}")
     parser.add_argument("--markdown", type=Path, help="write the kill rates into this file (e.g. BENCHMARKS.md)")
-    parser.add_argument("--json", type=Path, default=WORK / "results.json")
+    parser.add_argument("--json", type=Path, default=CACHE / "results.json",
+                        help="the modules' figures, read and updated (default: the committed cache's)")
+    parser.add_argument("--save-cache", action="store_true",
+                        help="run nothing: copy the modules' verdicts so far (e.g. of a run still going) into "
+                             f"{CACHE.relative_to(ROOT)}/, to commit")
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="judge the surviving mutants again (e.g. after new tests), nothing else")
     parser.add_argument("--tally-only", action="store_true",
@@ -379,6 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown modules {unknown}; known: {list(MODULES)}")
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     failed: list[str] = []
+    if args.save_cache:
+        for module in modules:
+            print(f"   {module}: {save_cache(module)} verdict files saved to {CACHE.relative_to(ROOT)}/{module}")
+        return 0
     if args.tally_only:
         if args.slow_tests:
             failed += [m for m in modules if judge_with_slow_tests(m)]
