@@ -3,7 +3,9 @@
 Runs every method on `configs/bench-superni.yaml` in the paper's task orders (`ssr sweep`
 machinery: each run is an ordinary cached run directory under `runs/bench/order-<k>/seed-<s>/`,
 so an interrupted benchmark resumes, and a later invocation with more orders reuses the earlier
-ones), builds the report (plots) with `ssr report`, and writes the "Quality" section of
+ones). Each finished run is also recorded in the repository (`benchmarks/records/superni/`, see
+records.py): a later invocation in any checkout skips a run recorded with the same config, so the
+table grows over sessions. Then it builds the report (plots) with `ssr report`, and writes the "Quality" section of
 BENCHMARKS.md: Table 1's shape (AR / BWT per order, mean ± std), FWT, paired standard errors of
 every method's difference from SSR, Table 5's (L2 / EWC), the ablations, the synthetic-data
 quality per task and the wall time per method, next to the paper's Llama-2-7b figures.
@@ -28,12 +30,13 @@ import psutil
 import torch
 
 from markdown_section import replace_section
+from records import RECORDS, differences, is_record, save_record
 from ssr.compare import paired_difference
 from ssr.config import load_config
 from ssr.models.dtype import cpu_description
 from ssr.report import build_report
 from ssr.runner import wall_seconds
-from ssr.sweep import PAPER_LABELS, run_sweep
+from ssr.sweep import PAPER_LABELS, plan_sweep, run_sweep
 from ssr.sweep import format_mean_std as fmt
 from ssr.synthesis.quality import load_or_compute
 
@@ -59,17 +62,50 @@ PAPER_7B = {
 # The paper's Table 5 (order 1, Llama-2-7b).
 PAPER_ORDER_1 = {"sequential": (17.67, -44.09), "l2": (29.22, -28.45), "ewc": (15.94, -46.30), "ssr": (52.61, -0.23)}
 SECTION = "## Quality: the paper's protocol at CPU scale (`make bench`)"
+BENCH_RECORDS = RECORDS / "superni"
 
 
-def collect(out: Path) -> dict[str, dict[tuple[int, int], Path]]:
-    """variant -> {(order, seed): finished run directory} over everything under `out`."""
+def collect(out: Path, records: Path = BENCH_RECORDS) -> dict[str, dict[tuple[int, int], Path]]:
+    """variant -> {(order, seed): finished run directory, else its record} over `out` and `records`."""
     runs: dict[str, dict[tuple[int, int], Path]] = {}
+    for root in (records, out):  # a run directory here wins over its record
+        for results in sorted(root.glob("order-*/seed-*/*/results.json")):
+            run_dir = results.parent
+            order = int(run_dir.parent.parent.name.removeprefix("order-"))
+            seed = int(run_dir.parent.name.removeprefix("seed-"))
+            runs.setdefault(run_dir.name, {})[(order, seed)] = run_dir
+    return runs
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the repository where it lies inside it (as messages and BENCHMARKS.md name it)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def record_finished(out: Path, records: Path = BENCH_RECORDS, echo=print) -> None:
+    """Record every finished run under `out` whose record is missing or older than its results."""
     for results in sorted(out.glob("order-*/seed-*/*/results.json")):
         run_dir = results.parent
-        order = int(run_dir.parent.parent.name.removeprefix("order-"))
-        seed = int(run_dir.parent.name.removeprefix("seed-"))
-        runs.setdefault(run_dir.name, {})[(order, seed)] = run_dir
-    return runs
+        record = records / run_dir.relative_to(out)
+        if not (record / "results.json").exists() or (record / "results.json").read_bytes() != results.read_bytes():
+            save_record(run_dir, record)
+            echo(f"   recorded {run_dir.relative_to(out)} in {shown(record)}")
+
+
+def unrecorded(variants: list[str], out: Path, order: int, seed: int | None, overrides: list[str],
+               records: Path = BENCH_RECORDS, echo=print) -> list[str]:
+    """The variants of one order and seed that still need a run: no run directory in `out` and no
+    record made with the same config (a record of another config is reported, then run anew)."""
+    todo = []
+    for sweep_run, cfg in plan_sweep(CONFIG, variants, [PAPER_ORDERS[order]], [seed] if seed is not None else None,
+                                     out, overrides, [f"order-{order}"]):
+        record = records / sweep_run.path.relative_to(out)
+        if sweep_run.path.exists() or not (record / "results.json").exists():
+            todo.append(sweep_run.variant)
+        elif changes := differences(record, cfg):
+            echo(f"   {shown(record)} was made with another config ({'; '.join(changes)}): running it anew")
+            todo.append(sweep_run.variant)
+    return todo
 
 
 @functools.cache
@@ -113,7 +149,7 @@ def machine_line(runs: dict[str, dict[tuple[int, int], Path]]) -> str:
 
 def quality_rows(label: str, run_dir: Path) -> list[str]:
     rows = []
-    for task, q in load_or_compute(run_dir, compute=True).items():
+    for task, q in load_or_compute(run_dir, compute=not is_record(run_dir)).items():
         c, fid, div, out = q["counts"], q["fidelity"], q["diversity"], q["outputs"]
         f = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
         words = out["length_words"]
@@ -137,7 +173,8 @@ def section(out: Path, command: str, started: str, overrides: list[str]) -> str:
     order_names = "; ".join(f"{o}: {'→'.join(PAPER_ORDERS[o])}" for o in orders)
     lines = [SECTION, "",
              f"Measured {started} (UTC) with `{command}`; runs, predictions and plots under "
-             f"`{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/` (report: `report.md` there). {machine_line(runs)}",
+             f"`{shown(out)}/` (report: `report.md` there); each finished run's "
+             f"record (no weights) in `{BENCH_RECORDS.relative_to(ROOT)}/`. {machine_line(runs)}",
              "",
              f"Scale (config `configs/bench-superni.yaml`{', with ' + ', '.join(f'`{o}`' for o in overrides) if overrides else ''}): "
              f"SmolLM2-135M-Instruct; orders {order_names}; {cfg.data.max_train_examples} training rows per task, "
@@ -258,7 +295,8 @@ def serving_overrides(out: Path, order: int, overrides: list[str]) -> list[str]:
 
     if any(o.startswith("generation.vllm_adapters=") for o in overrides):
         return overrides
-    for saved in sorted((out / f"order-{order}").glob("seed-*/*/config.yaml")):
+    for saved in sorted([*(out / f"order-{order}").glob("seed-*/*/config.yaml"),
+                         *(BENCH_RECORDS / f"order-{order}").glob("seed-*/*/config.yaml")]):
         mode = with_legacy_defaults(yaml.safe_load(saved.read_text()))["generation"]["vllm_adapters"]
         if mode != "auto":
             return [*overrides, f"generation.vllm_adapters={mode}"]
@@ -289,13 +327,27 @@ def main() -> None:
         everywhere = [m for m in methods if m not in ORDER_1_ONLY]
         order_1_extra = [m for m in methods if m in ORDER_1_ONLY] + (ABLATIONS if args.ablations else [])
         for order in orders:
-            variants = everywhere + (order_1_extra if order == 1 else [])
-            run_sweep(CONFIG, list(dict.fromkeys(variants)), args.output_dir, [PAPER_ORDERS[order]],
-                      seeds, serving_overrides(args.output_dir, order, args.overrides), echo=echo,
-                      order_labels=[f"order-{order}"])
+            variants = list(dict.fromkeys(everywhere + (order_1_extra if order == 1 else [])))
+            overrides = serving_overrides(args.output_dir, order, args.overrides)
+            for seed in seeds or [None]:
+                todo = unrecorded(variants, args.output_dir, order, seed, overrides, echo=echo)
+                if len(todo) < len(variants):
+                    echo(f"== order {order}: {', '.join(v for v in variants if v not in todo)} recorded in "
+                         f"{BENCH_RECORDS.relative_to(ROOT)}/ with this config: not run again")
+                if not todo:
+                    continue
+                try:
+                    run_sweep(CONFIG, todo, args.output_dir, [PAPER_ORDERS[order]], [seed] if seed is not None else None,
+                              overrides, echo=echo, order_labels=[f"order-{order}"])
+                finally:  # also when interrupted: the runs that finished are kept
+                    record_finished(args.output_dir, echo=echo)
     runs = collect(args.output_dir)
+    for by in runs.values():  # the quality figures of live SSR runs, before the report reads them
+        for d in by.values():
+            if not is_record(d) and (d / "synthetic").is_dir():
+                load_or_compute(d, compute=True)
     report = build_report([d for by in runs.values() for d in by.values()], args.output_dir,
-                          title="ssr benchmark: SuperNI, 5 tasks, SmolLM2-135M-Instruct")
+                          title="ssr benchmark: SuperNI, 5 tasks, SmolLM2-135M-Instruct", compute_quality=False)
     print(f"report: {report}; this invocation took {(time.perf_counter() - t0) / 60:.1f} min")
     if args.markdown:
         command = " ".join(["python benchmarks/quality.py", *(shlex.quote(a) for a in sys.argv[1:])])

@@ -1,0 +1,120 @@
+"""Benchmark records (benchmarks/records.py): a finished run kept in the repository without its
+weights must give the tables, the paired differences and the report what the run directory gives,
+and be reused only for the same config, wherever the checkout lies."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssr.compare import metric_terms, paired_difference
+from ssr.config import load_config
+from ssr.runner import wall_seconds
+from ssr.synthesis.quality import load_or_compute
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import quality  # noqa: E402
+import records  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def recorded(ssr_run, tmp_path_factory):
+    run_dir, raw = ssr_run
+    return run_dir, raw, records.save_record(run_dir, tmp_path_factory.mktemp("records") / "order-1" / "seed-7" / "ssr")
+
+
+def test_a_record_has_the_run_s_figures_and_no_weights(recorded):
+    run_dir, _, record = recorded
+    assert json.loads((record / "results.json").read_text()) == json.loads((run_dir / "results.json").read_text())
+    for metric in ("AR", "FWT", "BWT"):  # every per-row term the paired differences read
+        assert metric_terms(record, metric) == metric_terms(run_dir, metric)
+    assert wall_seconds(record) == wall_seconds(run_dir) > 0
+    assert load_or_compute(record, compute=False) == load_or_compute(run_dir, compute=False) != {}
+    rehearsed = sorted(p.name for p in (run_dir / "synthetic").glob("*.jsonl") if p.name.count(".") == 1)
+    assert rehearsed and sorted(p.name for p in (record / "synthetic").glob("*.jsonl")) == rehearsed
+    assert not [p for p in record.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt") or p.name == "adapter"]
+    assert list(run_dir.rglob("*.safetensors"))  # there were weights to leave out
+
+
+def test_a_record_keeps_each_prediction_s_answer_and_score_but_not_the_data(recorded):
+    run_dir, _, record = recorded
+    live = sorted(run_dir.glob("stages/*/predictions/*.jsonl"))
+    assert [p.relative_to(run_dir) for p in live] == [p.relative_to(record) for p in sorted(record.glob("stages/*/predictions/*.jsonl"))]
+    for path in live:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        kept = [json.loads(line) for line in (record / path.relative_to(run_dir)).read_text().splitlines()]
+        assert kept == [{"id": r["id"], "prediction": r["prediction"], "rougeL": r["rougeL"], "exact_match": r["exact_match"]}
+                        for r in rows]
+
+
+def test_a_record_pairs_with_a_live_run_as_the_run_itself_does(recorded):
+    run_dir, _, record = recorded
+    assert paired_difference(record, run_dir, "BWT") == (0.0, 0.0)
+    assert paired_difference(record, run_dir, "AR") == paired_difference(run_dir, run_dir, "AR")
+
+
+def test_a_record_is_reused_only_for_the_same_config_wherever_the_data_lies(recorded, task_dir, tmp_path):
+    _, raw, record = recorded
+    assert records.differences(record, load_config(None, raw=raw)) == []
+    moved = copy.deepcopy(raw)  # the same files in another checkout
+    moved["data"]["dir"] = str(shutil.copytree(task_dir, tmp_path / "elsewhere" / "data"))
+    assert records.differences(record, load_config(None, raw=moved)) == []
+    changed = copy.deepcopy(raw)
+    changed["train"]["lr"] = 2e-3
+    changed["tasks"][0]["eval"] = "upper.eval.jsonl"
+    assert records.differences(record, load_config(None, raw=changed)) == [
+        "tasks.0.eval: 'reverse.eval.jsonl' -> 'upper.eval.jsonl'", "train.lr: 0.001 -> 0.002"]
+
+
+def test_recording_again_replaces_the_record_whole(recorded, tmp_path):
+    run_dir, _, _ = recorded
+    target = tmp_path / "r"
+    records.save_record(run_dir, target)
+    (target / "stale.json").write_text("{}")
+    records.save_record(run_dir, target)
+    assert not (target / "stale.json").exists() and (target / "results.json").exists()
+    assert not list(tmp_path.glob(".*partial"))
+    with pytest.raises(ValueError, match="has not finished"):
+        records.save_record(tmp_path / "nothing", tmp_path / "r2")
+
+
+def test_the_benchmark_reads_a_run_directory_before_its_record(tmp_path):
+    out, kept = tmp_path / "runs", tmp_path / "records"
+    for root, variants in ((kept, ("sequential", "ssr")), (out, ("ssr",))):
+        for v in variants:
+            (root / "order-2" / "seed-42" / v).mkdir(parents=True)
+            (root / "order-2" / "seed-42" / v / "results.json").write_text("{}")
+    assert quality.collect(out, kept) == {"sequential": {(2, 42): kept / "order-2" / "seed-42" / "sequential"},
+                                          "ssr": {(2, 42): out / "order-2" / "seed-42" / "ssr"}}
+
+
+BENCH_DATA = quality.ROOT.parent / "shared" / "data" / "superni"  # where configs/bench-superni.yaml reads it
+
+
+@pytest.mark.skipif(not (BENCH_DATA / "qa.eval.jsonl").exists(),
+                    reason=f"configs/bench-superni.yaml reads the SuperNI split at {BENCH_DATA}, absent here")
+def test_the_benchmark_runs_only_what_no_record_of_the_same_config_holds(tmp_path):
+    from ssr.config import to_yaml
+    from ssr.runner import resolve_settings
+
+    out, kept, said = tmp_path / "runs", tmp_path / "records", []
+    variants = ["sequential", "ssr", "l2"]
+    planned = {r.variant: (r, cfg) for r, cfg in quality.plan_sweep(
+        quality.CONFIG, variants, [quality.PAPER_ORDERS[3]], None, out, [], ["order-3"])}
+    for variant in ("sequential", "l2"):
+        sweep_run, cfg = planned[variant]
+        record = kept / sweep_run.path.relative_to(out)
+        record.mkdir(parents=True)
+        (record / "results.json").write_text("{}")
+        (record / "config.yaml").write_text(to_yaml(resolve_settings(cfg)))
+    assert quality.unrecorded(variants, out, 3, None, [], records=kept, echo=said.append) == ["ssr"]
+    assert said == []
+    assert quality.unrecorded(variants, out, 3, None, ["train.lr=2e-3"], records=kept, echo=said.append) == variants
+    assert len(said) == 2 and all("made with another config (train.lr: 0.001 -> 0.002): running it anew" in s for s in said)
+    planned["l2"][0].path.mkdir(parents=True)  # a run directory of its own (e.g. interrupted): it resumes there
+    assert quality.unrecorded(variants, out, 3, None, [], records=kept, echo=said.append) == ["ssr", "l2"]
