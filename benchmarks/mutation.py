@@ -16,10 +16,12 @@ each mutant's exit code under the hash of the function it mutates; its map of te
 the slow tests' verdicts; `results.json`, the table's figures): a run saves them as it ends (also
 when interrupted; `--save-cache` snapshots a run still going), and a work directory that is missing,
 as in a fresh clone, is restored from them. mutmut judges again only the mutants of functions whose
-source changed since, so a run of hours can be spread over sessions that share nothing but git. Tests that launch processes or start vLLM are too slow
-for every mutant, and mutmut cannot see what a launched process calls: `--slow-tests` runs a
-module's `SLOW_TESTS` against the survivors and no-test mutants of the functions they cover, one
-mutant at a time, and counts those they kill.
+source changed since, so a run of hours can be spread over sessions that share nothing but git.
+
+Tests that launch processes or start vLLM are too slow for every mutant, and mutmut cannot see
+what a launched process calls: `--slow-tests` runs a module's `SLOW_TESTS` against the survivors
+and no-test mutants of the functions they cover (less those already listed as equivalent or as
+unkillable here), one mutant at a time, and counts those they kill.
 
 Kill rate = killed / (mutants - equivalent), where killed counts mutants that made a test fail
 or time out, and `equivalent` are the survivors listed, with the reason, in
@@ -264,7 +266,8 @@ def judge_with_slow_tests(module: str) -> int:
             print(f"   {module}: {', '.join(tests)} fail on the unmutated code; nothing judged", file=sys.stderr, flush=True)
             return 1
     no_tests = [n for n, s in statuses(work).items() if s == "no tests"]
-    judged = slow_verdicts(work)
+    # not those already explained: equivalent, or killable only on a GPU / under DeepSpeed
+    judged = {**slow_verdicts(work), **equivalents(), **unkillable_here()}
     pending = [n for n in tally(module, work)["survived"] + no_tests if slow_tests_for(module, n) and n not in judged]
     print(f"   {module}: {len(pending)} survivors and no-test mutants for the slow tests (unmutated: "
           + ", ".join(f"{round(b)} s" for b in baselines.values()) + ")", flush=True)
