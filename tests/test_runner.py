@@ -366,7 +366,7 @@ def test_a_split_generator_answers_every_prompt_in_order(tiny_model_dir):
         SplitGenerator(Dist(), plain, split=True).generate(prompts, SamplingParams(max_new_tokens=5, do_sample=True))
 
 
-def test_merged_weights_name_the_adapter_chain_and_save_it_merged(tiny_model_dir, new_adapter_run, tmp_path):
+def test_merged_weights_name_the_adapter_chain_and_save_it_merged(tiny_model_dir, new_adapter_run, tmp_path, monkeypatch):
     """What a merged vLLM engine is handed (no engine needed to check it): θ(0) is None; stage 2
     under `train.adapter: new` is named by its chain of adapter directories with their files'
     latest times, and saves as a model directory holding θ(0) + stage 1's adapter merged + stage
@@ -394,12 +394,14 @@ def test_merged_weights_name_the_adapter_chain_and_save_it_merged(tiny_model_dir
     assert not all(torch.equal(saved[k], base[k]) for k in saved)  # the merge changed the weights
     # saved in the vLLM engine's dtype, not the training model's: with `model.dtype: auto` on a CPU
     # the hf model is fp32, the engine's dtype is measured (bf16 where bf16 matmul is fast)
+    # the engine's choice made by a CPU measured with bf16 2x fp32 (a measurement under load may say otherwise)
+    monkeypatch.setattr("ssr.models.dtype.cpu_bf16_speedup", lambda cache_dir=None: 2.0)
     auto = {**raw, "model": {**raw["model"], "dtype": "auto", "cache_dir": str(tmp_path / "cache")}}  # the shared config unchanged
     measured = ModelState(load_config(None, raw=auto), out)
     measured.merged_weights(second, [first]).save(tmp_path / "merged-auto")
-    engine_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[measured.vllm_dtype_name]
+    assert measured.vllm_dtype_name == "bfloat16"
     assert measured.hf_dtype_name == "float32" or torch.cuda.is_available()
-    assert next(iter(AutoModelForCausalLM.from_pretrained(tmp_path / "merged-auto", dtype="auto").state_dict().values())).dtype == engine_dtype
+    assert next(iter(AutoModelForCausalLM.from_pretrained(tmp_path / "merged-auto", dtype="auto").state_dict().values())).dtype == torch.bfloat16
 
 
 def test_the_vllm_engine_is_asked_for_with_the_configs_settings(task_dir, tiny_model_dir, monkeypatch):
@@ -419,6 +421,37 @@ def test_the_vllm_engine_is_asked_for_with_the_configs_settings(task_dir, tiny_m
     assert ModelState(load_config(None, raw=raw), tiny_model_dir).engine() == "the engine"
     assert asked == [EngineSpec(model_path=str(tiny_model_dir), dtype="bfloat16", max_lora_rank=16, kv_cache_gb=0.75,
                                 gpu_memory_utilization=0.3, trust_remote_code=True, allow_pickle=True, adapters="merged")]
+
+
+
+def test_a_gguf_model_is_read_from_its_conversion_in_model_cache_dir(task_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """A GGUF model is converted once into `model.cache_dir` (`models/<file stem>-<key>`): what is
+    prepared before a run and the vLLM engine both read that conversion, never the default cache
+    (SSR_CACHE points at an empty folder here). The .gguf is a placeholder: its conversion (the
+    tiny model) is already in the cache, so a reader that looked elsewhere would try to convert it."""
+    import shutil
+
+    import ssr.engines.vllm
+    from ssr.models.loading import _gguf_cache_dir, resolve_model
+    from ssr.runner import ModelState, prepare_caches
+
+    gguf = tmp_path / "weights" / "tiny.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"a placeholder, never parsed")
+    cache, elsewhere = tmp_path / "cache", tmp_path / "default-cache"
+    converted = _gguf_cache_dir(resolve_model(str(gguf)), str(cache))
+    assert converted.parent == cache / "models" and converted.name.startswith("tiny-")
+    shutil.copytree(tiny_model_dir, converted)
+    monkeypatch.setenv("SSR_CACHE", str(elsewhere))
+    raw = tiny_config(task_dir, tiny_model_dir, backend="vllm")
+    raw["model"].update(name=str(gguf), cache_dir=str(cache), dtype="float32")
+    cfg = load_config(None, raw=raw)
+    prepare_caches(cfg)
+    asked = []
+    monkeypatch.setattr(ssr.engines.vllm, "get_engine", lambda spec: asked.append(spec) or "the engine")
+    assert ModelState(cfg, tmp_path / "run").engine() == "the engine"
+    assert asked[0].model_path == str(converted)
+    assert not elsewhere.exists()
 
 
 ZERO3_BACKEND = ("DeepSpeed ZeRO-3 shards the training model's weights across processes, so it cannot generate by "
