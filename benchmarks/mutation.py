@@ -243,8 +243,13 @@ def judge_with_slow_tests(module: str) -> int:
     mutmut's own switch (its mutated code runs the mutant that MUTANT_UNDER_TEST names; launched
     processes inherit it). Unmutated first: the tests must pass. Verdicts are cached, so a rerun resumes."""
     work = WORK / module
-    if not SLOW_TESTS.get(module) or not (work / "mutants").exists():
-        print(f"   {module}: no slow tests, or no mutmut run yet", flush=True)
+    if not SLOW_TESTS.get(module):
+        print(f"   {module}: no slow tests", flush=True)
+        return 0
+    if not (work / "mutants" / "src").is_dir():  # the mutated sources are mutmut's, not kept in the cache
+        print(f"   {module}: no mutated sources here (none judged yet, or a fresh checkout): run `python "
+              f"benchmarks/mutation.py --modules {module} --slow-tests`, which has mutmut write them again "
+              "(judging only what its cache lacks)", flush=True)
         return 0
     path, cached = work / SLOW_VERDICTS, _slow_cache(work)
     env = _test_env(PYTHONPATH="src")  # the mutated copy under mutants/, imported directly
@@ -471,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for module in modules:
             print(f"== mutating {module}: {', '.join(MODULES[module][0])}", flush=True)
-            resumed = (WORK / module / "mutants").exists() and module in previous
+            # the wall time of earlier sittings counts too, whether their verdicts are here or in the cache
+            resumed = ((WORK / module / "mutants").exists() or (CACHE / module).is_dir()) and module in previous
             result = run_module(module, rerun_survivors=args.rerun_survivors, workers=args.workers)
             if result["returncode"] != 0:  # e.g. a test failing on the unmutated code: no verdict to record
                 print(f"   mutmut failed (exit {result['returncode']}); nothing recorded: see "
