@@ -14,6 +14,7 @@ import pytest
 
 from ssr.compare import metric_terms, paired_difference
 from ssr.config import load_config
+from ssr.report import build_report
 from ssr.runner import wall_seconds
 from ssr.synthesis.quality import load_or_compute
 
@@ -56,6 +57,14 @@ def test_a_record_pairs_with_a_live_run_as_the_run_itself_does(recorded):
     run_dir, _, record = recorded
     assert paired_difference(record, run_dir, "BWT") == (0.0, 0.0)
     assert paired_difference(record, run_dir, "AR") == paired_difference(run_dir, run_dir, "AR")
+
+
+def test_the_report_reads_a_record_as_it_reads_the_run(recorded, tmp_path):
+    run_dir, _, record = recorded
+    reports = [build_report([d], tmp_path / name, compute_quality=False).read_text() for d, name in ((run_dir, "live"), (record, "kept"))]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert f"| {results['AR']:.2f} |" in reports[1] and "synthetic" in reports[1].lower()
+    assert reports[1].replace(str(record), "RUN") == reports[0].replace(str(run_dir), "RUN")
 
 
 def test_a_record_is_reused_only_for_the_same_config_wherever_the_data_lies(recorded, task_dir, tmp_path):
