@@ -12,8 +12,9 @@ mutmut keeps a verdict even when the tests change, so after new tests `--rerun-s
 judges the survivors again (and only them).
 
 The verdicts also live in the repository, in `benchmarks/mutation-cache/` (mutmut's `.meta` files:
-each mutant's exit code under the hash of the function it mutates; its map of tests to functions;
-the slow tests' verdicts; `results.json`, the table's figures): a run saves them as it ends (also
+each mutant's exit code under the hash of the function it mutates; the slow tests' verdicts;
+`results.json`, the table's figures; not mutmut's map of tests to functions, which a checkout
+traces afresh in minutes): a run saves them as it ends (also
 when interrupted; `--save-cache` snapshots a run still going), and a work directory that is missing,
 as in a fresh clone, is restored from them. mutmut judges again only the mutants of functions whose
 source changed since, so a run of hours can be spread over sessions that share nothing but git.
@@ -124,9 +125,12 @@ def unkillable_here() -> dict[str, str]:
 
 def _cached_files(work: Path) -> list[Path]:
     """The files of a work directory that hold its verdicts, relative to it: mutmut's `.meta` per
-    mutated source file and its test map, and the slow tests' verdicts."""
+    mutated source file and the slow tests' verdicts. Not mutmut's map of tests to functions
+    (mutants/mutmut-stats.json): a checkout traces its tests afresh in a few minutes, and a stale map
+    misleads (a `mutmut` command run outside this script's environment lists no tests and saves
+    the map emptied, after which a resumed run would find no test for any mutant)."""
     found = [p.relative_to(work) for p in sorted((work / "mutants").rglob("*.py.meta"))]
-    return found + [Path(n) for n in ("mutants/mutmut-stats.json", SLOW_VERDICTS) if (work / n).exists()]
+    return found + [Path(SLOW_VERDICTS)] * (work / SLOW_VERDICTS).exists()
 
 
 def save_cache(module: str) -> int:
