@@ -77,7 +77,7 @@ def collect(out: Path, records: Path = BENCH_RECORDS) -> dict[str, dict[tuple[in
     return runs
 
 
-def shown(path: Path) -> Path:
+def repo_path(path: Path) -> Path:
     """`path` relative to the repository where it lies inside it (as messages and BENCHMARKS.md name it)."""
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
@@ -89,7 +89,7 @@ def record_finished(out: Path, records: Path = BENCH_RECORDS, echo=print) -> Non
         record = records / run_dir.relative_to(out)
         if not (record / "results.json").exists() or (record / "results.json").read_bytes() != results.read_bytes():
             save_record(run_dir, record)
-            echo(f"   recorded {run_dir.relative_to(out)} in {shown(record)}")
+            echo(f"   recorded {run_dir.relative_to(out)} in {repo_path(record)}")
 
 
 def unrecorded(variants: list[str], out: Path, order: int, seed: int | None, overrides: list[str],
@@ -103,7 +103,7 @@ def unrecorded(variants: list[str], out: Path, order: int, seed: int | None, ove
         if sweep_run.path.exists() or not (record / "results.json").exists():
             todo.append(sweep_run.variant)
         elif changes := differences(record, cfg):
-            echo(f"   {shown(record)} was made with another config ({'; '.join(changes)}): running it anew")
+            echo(f"   {repo_path(record)} was made with another config ({'; '.join(changes)}): running it anew")
             todo.append(sweep_run.variant)
     return todo
 
@@ -164,8 +164,8 @@ def quality_rows(label: str, run_dir: Path) -> list[str]:
     return rows
 
 
-def section(out: Path, command: str, started: str, overrides: list[str]) -> str:
-    runs = collect(out)
+def section(out: Path, command: str, started: str, overrides: list[str], records: Path = BENCH_RECORDS) -> str:
+    runs = collect(out, records)
     orders = sorted({o for by in runs.values() for o, _ in by})
     cfg = load_config(CONFIG, overrides)
     shown = [v for v in [*TABLE_1, *TABLE_5, *[v for v in runs if v not in TABLE_1 + TABLE_5 + ABLATIONS]] if v in runs]
@@ -173,8 +173,8 @@ def section(out: Path, command: str, started: str, overrides: list[str]) -> str:
     order_names = "; ".join(f"{o}: {'→'.join(PAPER_ORDERS[o])}" for o in orders)
     lines = [SECTION, "",
              f"Measured {started} (UTC) with `{command}`; runs, predictions and plots under "
-             f"`{shown(out)}/` (report: `report.md` there); each finished run's "
-             f"record (no weights) in `{BENCH_RECORDS.relative_to(ROOT)}/`. {machine_line(runs)}",
+             f"`{repo_path(out)}/` (report: `report.md` there); each finished run's "
+             f"record (no weights) in `{repo_path(records)}/`. {machine_line(runs)}",
              "",
              f"Scale (config `configs/bench-superni.yaml`{', with ' + ', '.join(f'`{o}`' for o in overrides) if overrides else ''}): "
              f"SmolLM2-135M-Instruct; orders {order_names}; {cfg.data.max_train_examples} training rows per task, "

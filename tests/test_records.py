@@ -127,3 +127,19 @@ def test_the_benchmark_runs_only_what_no_record_of_the_same_config_holds(tmp_pat
     assert len(said) == 2 and all("made with another config (train.lr: 0.001 -> 0.002): running it anew" in s for s in said)
     planned["l2"][0].path.mkdir(parents=True)  # a run directory of its own (e.g. interrupted): it resumes there
     assert quality.unrecorded(variants, out, 3, None, [], records=kept, echo=said.append) == ["ssr", "l2"]
+
+
+@pytest.mark.skipif(not (BENCH_DATA / "qa.eval.jsonl").exists(),
+                    reason=f"configs/bench-superni.yaml reads the SuperNI split at {BENCH_DATA}, absent here")
+def test_the_benchmark_section_is_written_from_records_alone(recorded, tmp_path):
+    """BENCHMARKS.md's section from a checkout that has only records (no runs/): a row per method
+    with the run's figures, its synthetic-data rows, and where the records lie."""
+    run_dir, _, record = recorded
+    kept = tmp_path / "records"
+    shutil.copytree(record, kept / "order-1" / "seed-7" / "ssr")
+    text = quality.section(tmp_path / "no-runs", "python benchmarks/quality.py --report-only", "now", [], records=kept)
+    results = json.loads((run_dir / "results.json").read_text())
+    row = next(line for line in text.splitlines() if line.startswith("| SSR | "))
+    assert f"| {results['AR']:.2f} |" in row and f"| {results['BWT']:.2f} |" in row
+    assert f"record (no weights) in `{kept}/`" in text
+    assert "| SSR, o1 | reverse |" in text  # the synthetic-data table, from the record's quality files
