@@ -129,7 +129,8 @@ def _cached_files(work: Path) -> list[Path]:
     (mutants/mutmut-stats.json): a checkout traces its tests afresh in a few minutes, and a stale map
     misleads (a `mutmut` command run outside this script's environment lists no tests and saves
     the map emptied, after which a resumed run would find no test for any mutant)."""
-    found = [p.relative_to(work) for p in sorted((work / "mutants").rglob("*.py.meta"))]
+    # under mutants/src only (mutmut's source_paths): mutants/ also holds a copy of benchmarks/, this cache included
+    found = [p.relative_to(work) for p in sorted((work / "mutants" / "src").rglob("*.py.meta"))]
     return found + [Path(SLOW_VERDICTS)] * (work / SLOW_VERDICTS).exists()
 
 
