@@ -393,8 +393,8 @@ def test_merged_weights_name_the_adapter_chain_and_save_it_merged(tiny_model_dir
     base = load_base_model(str(tiny_model_dir)).state_dict()
     assert not all(torch.equal(saved[k], base[k]) for k in saved)  # the merge changed the weights
     # saved in the vLLM engine's dtype, not the training model's: with `model.dtype: auto` on a CPU
-    # the hf model is fp32, the engine's dtype is measured (bf16 where bf16 matmul is fast)
-    # the engine's choice made by a CPU measured with bf16 2x fp32 (a measurement under load may say otherwise)
+    # the hf model is fp32 and the engine's dtype is measured; here a CPU measured with bf16 2x fp32
+    # (the real probe, run beside other work, may choose fp32 and hide the difference)
     monkeypatch.setattr("ssr.models.dtype.cpu_bf16_speedup", lambda cache_dir=None: 2.0)
     auto = {**raw, "model": {**raw["model"], "dtype": "auto", "cache_dir": str(tmp_path / "cache")}}  # the shared config unchanged
     measured = ModelState(load_config(None, raw=auto), out)
@@ -421,7 +421,6 @@ def test_the_vllm_engine_is_asked_for_with_the_configs_settings(task_dir, tiny_m
     assert ModelState(load_config(None, raw=raw), tiny_model_dir).engine() == "the engine"
     assert asked == [EngineSpec(model_path=str(tiny_model_dir), dtype="bfloat16", max_lora_rank=16, kv_cache_gb=0.75,
                                 gpu_memory_utilization=0.3, trust_remote_code=True, allow_pickle=True, adapters="merged")]
-
 
 
 def test_a_gguf_model_is_read_from_its_conversion_in_model_cache_dir(task_dir, tiny_model_dir, tmp_path, monkeypatch):
