@@ -28,9 +28,10 @@ RECORDS = ROOT / "benchmarks" / "records"
 MARKER = "record.json"
 KEPT = ("config.yaml", "results.json", "timings.jsonl", "run.log", "stages/*/train_stats.json", "stages/*/general.json",
         "rehearsal/*.jsonl", "synthetic/*.stats.json", "synthetic/*.quality.json")
-PREDICTION_FIELDS = ("id", "prediction", "rougeL", "exact_match")
-"""Of each prediction row: what pairing and scoring read, and the answer itself (the input and
-reference are the data set's, by id)."""
+PREDICTION_FIELDS = ("id", "rougeL", "exact_match")
+"""Of each prediction row: what pairing and scoring read. Not the answer text: answers often repeat
+their input (a question-generation answer quotes its passage), and the data set is read by path,
+never copied into the repository."""
 
 
 def is_record(run_dir: Path) -> bool:
