@@ -4,6 +4,8 @@ in every later stage. No real training data of earlier tasks is kept beyond the 
 
 Files per finished task (all resumable steps of the run):
     synthetic/<task>.prompts.jsonl      every ICL prompt (id, demonstration ids, text)
+    synthetic/generations/<task>.jsonl  the base model's sampled continuations, under a key that
+                                        lets a sibling run with the same one reuse them (synthesis.reuse)
     synthetic/<task>.candidates.jsonl   every parsed candidate: prompt, demos, continuation,
                                         input, base output, verdict, cluster, selected
     synthetic/<task>.stats.json         counts of prompts, generations and filter verdicts
@@ -25,6 +27,7 @@ from ssr.io import read_jsonl, write_json, write_jsonl
 from ssr.methods.base import RehearsalMethod, Stage
 from ssr.synthesis.pipeline import refine, rehearsal_rows, synthesize
 from ssr.synthesis.quality import ensure_quality, quality_path
+from ssr.synthesis.reuse import ReusedGenerations
 from ssr.synthesis.screen import load_callable
 
 
@@ -137,13 +140,27 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
         rows = rehearsal_rows(task, selected, outputs, refined=m.refine)
         return [r for r in rows if r["output"]]  # an empty refined output teaches nothing
 
+    def generation_identity(self, ctx) -> dict:
+        """What the base model's samples depend on besides the prompts and sampling parameters:
+        the model settings, the generation settings and engines as resolved here, the batch size."""
+        cfg = self.cfg
+        return {"model": cfg.model.model_dump(mode="json"), "icl_model": cfg.method.icl_model,
+                "generation": cfg.generation.model_dump(mode="json"), "engines": ctx.models.engines,
+                "batch_size": cfg.method.batch_size}
+
     def _synthesize(self, task: Task, stage: Stage, ctx, folder: Path) -> None:
         """Steps 1-3 (SSR spec): the base model's ICL continuations, parsed, filtered and selected; three files."""
         m = self.cfg.method
         log.info("task %s: synthesizing", task.name)
         with ctx.models.icl_generator(m.batch_size) as (generator, tokenizer, context_length):
+            # the samples of a sibling run with the same key (e.g. an ablation of this run) are reused
+            generator = ReusedGenerations(
+                generator, folder / "generations" / f"{task.name}.jsonl", self.generation_identity(ctx),
+                sorted(ctx.run_dir.parent.glob(f"*/{self.folder}/generations/{task.name}.jsonl")))
             candidates, stats, prompts = synthesize(task, self.demos_for(task), generator, tokenizer, context_length, m,
                                                     self.cfg.seed + stage.index)
+        if generator.reused_from is not None:
+            stats["generations_reused_from"] = str(generator.reused_from.parent.parent.parent)
         write_jsonl(folder / f"{task.name}.prompts.jsonl", [{"id": p.id, "demo_ids": list(p.demo_ids), "text": p.text} for p in prompts])
         write_json(folder / f"{task.name}.stats.json", stats)
         write_jsonl(folder / f"{task.name}.candidates.jsonl", candidates)

@@ -1,0 +1,99 @@
+"""The base model's samples are reused only by a run that would draw exactly the same ones
+(`ssr.synthesis.reuse`): same prompts' token ids, sampling parameters and engine identity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from conftest import SSR_OPTS, tiny_config
+from ssr.config import load_config
+from ssr.generation import HFGenerator, SamplingParams
+from ssr.io import read_jsonl
+from ssr.models import load_base_model, load_tokenizer
+from ssr.runner import run
+from ssr.synthesis.reuse import ReusedGenerations
+
+MARK = "REUSED-FROM-THE-SIBLING"
+
+
+class CountingGenerator:
+    """A real generator that counts how often it is asked to sample."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def generate(self, prompts, params, desc="generate"):
+        self.calls += 1
+        return self.inner.generate(prompts, params, desc)
+
+
+def test_samples_are_stored_and_read_back_only_under_the_same_key(tiny_model_dir, tmp_path):
+    tok = load_tokenizer(str(tiny_model_dir))
+    gen = CountingGenerator(HFGenerator(load_base_model(str(tiny_model_dir)), tok, 4, show_progress=False))
+    prompts = [tok("Input: abc\nOutput:")["input_ids"], tok("Input: xy\nOutput:")["input_ids"]]
+    params = SamplingParams(max_new_tokens=5, do_sample=True, temperature=0.9, top_p=0.6, num_samples=2, seed=3)
+    identity = {"engine": "hf", "dtype": "float32"}
+    first = tmp_path / "a" / "synthetic" / "generations" / "t.jsonl"
+    drawn = ReusedGenerations(gen, first, identity, []).generate(prompts, params)
+    assert gen.calls == 1 and first.exists()
+
+    second = tmp_path / "b" / "synthetic" / "generations" / "t.jsonl"
+    reuse = ReusedGenerations(gen, second, identity, [first])
+    again = reuse.generate(prompts, params)
+    assert gen.calls == 1, "the same key sampled again"
+    assert again == drawn and [[c.finish_reason for c in s] for s in again] == [[c.finish_reason for c in s] for s in drawn]
+    assert reuse.reused_from == first and second.read_bytes() == first.read_bytes()
+
+    # anything the samples depend on, changed: sampled afresh, never read from the sibling
+    for other_identity, other_prompts, other_params in [
+        ({**identity, "dtype": "bfloat16"}, prompts, params),
+        (identity, prompts[:1], params),
+        (identity, [prompts[0], prompts[1][:-1]], params),
+        (identity, prompts, replace(params, top_p=0.9)),
+        (identity, prompts, replace(params, seed=4)),
+    ]:
+        calls = gen.calls
+        target = tmp_path / f"c{calls}" / "t.jsonl"
+        ReusedGenerations(gen, target, other_identity, [first]).generate(other_prompts, other_params)
+        assert gen.calls == calls + 1
+
+    # a sibling file cut short (fewer rows than its header says) or unreadable is no source
+    lines = first.read_text().splitlines(keepends=True)
+    first.write_text("".join(lines[:-1]))
+    calls = gen.calls
+    ReusedGenerations(gen, tmp_path / "d" / "t.jsonl", identity, [first]).generate(prompts, params)
+    first.write_text("not json\n")
+    ReusedGenerations(gen, tmp_path / "e" / "t.jsonl", identity, [first]).generate(prompts, params)
+    assert gen.calls == calls + 2
+
+
+def test_an_ablation_beside_an_ssr_run_reuses_its_samples_and_another_prompt_does_not(ssr_run, tmp_path):
+    """`ssr-random` beside a finished `ssr` run (as a sweep lays them out) parses the continuations
+    stored by that run, not new ones: they are marked in the source file, and the marks show up in
+    its candidates; `ssr-input-demos` (other prompts) samples its own."""
+    source_run, raw = ssr_run
+    source = tmp_path / "ssr"
+    shutil.copytree(source_run, source)
+    for path in (source / "synthetic" / "generations").glob("*.jsonl"):
+        header, *rows = read_jsonl(path)
+        rows = [{"samples": [[f"{MARK} {text}", reason] for text, reason in row["samples"]]} for row in rows]
+        path.write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]))
+
+    run(load_config(None, raw={**raw, "method": {**raw["method"], "selection": "random"}}), tmp_path / "ssr-random")
+    synthesized = sorted(p.name for p in (source / "synthetic" / "generations").glob("*.jsonl"))
+    assert synthesized == ["reverse.jsonl", "upper.jsonl"]  # every task but the last
+    for name in synthesized:
+        task = name.removesuffix(".jsonl")
+        candidates = read_jsonl(tmp_path / "ssr-random" / "synthetic" / f"{task}.candidates.jsonl")
+        assert candidates and all(c["continuation"].startswith(MARK) for c in candidates)
+        stats = json.loads((tmp_path / "ssr-random" / "synthetic" / f"{task}.stats.json").read_text())
+        assert stats["generations_reused_from"] == str(source)
+
+    input_demos = {**raw, "method": {**raw["method"], "demo_outputs": False}, "eval": {**raw["eval"], "max_examples": 1}}
+    run(load_config(None, raw=input_demos), tmp_path / "ssr-input-demos")
+    candidates = read_jsonl(tmp_path / "ssr-input-demos" / "synthetic" / "reverse.candidates.jsonl")
+    assert candidates and not any(c["continuation"].startswith(MARK) for c in candidates)
+    assert "generations_reused_from" not in json.loads((tmp_path / "ssr-input-demos" / "synthetic" / "reverse.stats.json").read_text())
