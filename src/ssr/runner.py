@@ -202,17 +202,6 @@ class ModelState:
         """`train.bf16` resolved once per run (bf16 autocast in training; may measure the CPU once)."""
         return resolve_autocast(self.cfg.train.bf16, cache_root(self.cfg.model.cache_dir))
 
-    @property
-    def engines(self) -> dict[str, str]:
-        """What generates and what trains, as resolved on this machine (results.json records it)."""
-        backend = self.cfg.generation.backend
-        return {
-            "generation": backend,
-            "generation_dtype": self.vllm_dtype_name if backend == "vllm" else self.hf_dtype_name,
-            "training_dtype": self.hf_dtype_name,
-            "training_autocast": "bfloat16" if self.train_bf16 else "off",
-        }
-
     @cached_property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.hf_dtype_name]
@@ -677,7 +666,12 @@ def _run(cfg: RunConfig, run_dir: Path, tasks: list[Task], method: Method, dist:
         "exact_match": _exact_match_matrix(ctx, method, plan),
         "train_stats": stage_stats,
         "wall_seconds": wall_seconds(run_dir),
-        "engines": ctx.models.engines,
+        "engines": {  # what generated and what trained, as resolved on this machine
+            "generation": cfg.generation.backend,
+            "generation_dtype": ctx.models.vllm_dtype_name if cfg.generation.backend == "vllm" else ctx.models.hf_dtype_name,
+            "training_dtype": ctx.models.hf_dtype_name,
+            "training_autocast": "bfloat16" if ctx.models.train_bf16 else "off",
+        },
         "processes": dist.world if dist else 1,
     }
     ctx.write(write_json, run_dir / "results.json", results)

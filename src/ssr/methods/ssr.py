@@ -143,10 +143,11 @@ class SelfSynthesizedRehearsal(RehearsalMethod):
     def generation_identity(self, ctx) -> dict:
         """What the base model's samples depend on besides the prompts and sampling parameters:
         the model settings, the generation settings and engines as resolved here, the batch size."""
-        cfg = self.cfg
+        cfg, models = self.cfg, ctx.models
+        vllm = cfg.generation.backend == "vllm" and cfg.method.icl_model is None  # another ICL model runs on hf
         return {"model": cfg.model.model_dump(mode="json"), "icl_model": cfg.method.icl_model,
-                "generation": cfg.generation.model_dump(mode="json"), "engines": ctx.models.engines,
-                "batch_size": cfg.method.batch_size}
+                "generation": cfg.generation.model_dump(mode="json"), "batch_size": cfg.method.batch_size,
+                "engine": "vllm" if vllm else "hf", "dtype": models.vllm_dtype_name if vllm else models.hf_dtype_name}
 
     def _synthesize(self, task: Task, stage: Stage, ctx, folder: Path) -> None:
         """Steps 1-3 (SSR spec): the base model's ICL continuations, parsed, filtered and selected; three files."""
