@@ -112,6 +112,7 @@ def _assert_same_computation(one: Path, two: Path, task_dir: Path) -> None:
     """Two processes did what one did: the score matrix, every prediction, every adapter weight."""
     r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert r2["processes"] == 2 and r1["processes"] == 1
+    assert "2 process(es)" in (two / "run.log").read_text() and "1 process(es)" in (one / "run.log").read_text()
     assert r2["scores"] == [[pytest.approx(v, abs=1e-6) for v in row] for row in r1["scores"]]
     for key in ("AR", "FWT", "BWT"):
         assert r2[key] == pytest.approx(r1[key], abs=1e-6)
