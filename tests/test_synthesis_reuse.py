@@ -70,30 +70,24 @@ def test_samples_are_stored_and_read_back_only_under_the_same_key(tiny_model_dir
     assert gen.calls == calls + 2
 
 
-def test_an_ablation_beside_an_ssr_run_reuses_its_samples_and_another_prompt_does_not(ssr_run, tmp_path):
+def test_an_ablation_beside_an_ssr_run_parses_the_samples_that_run_stored(ssr_run, tmp_path):
     """`ssr-random` beside a finished `ssr` run (as a sweep lays them out) parses the continuations
     stored by that run, not new ones: they are marked in the source file, and the marks show up in
-    its candidates; `ssr-input-demos` (other prompts) samples its own."""
+    its candidates. (Its tasks stop after the first, evaluated on one row: the key covers only what
+    the samples depend on, so they are still the source's.)"""
     source_run, raw = ssr_run
     source = tmp_path / "ssr"
     shutil.copytree(source_run, source)
-    for path in (source / "synthetic" / "generations").glob("*.jsonl"):
-        header, *rows = read_jsonl(path)
-        rows = [{"samples": [[f"{MARK} {text}", reason] for text, reason in row["samples"]]} for row in rows]
-        path.write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]))
+    stored = source / "synthetic" / "generations" / "reverse.jsonl"
+    header, *rows = read_jsonl(stored)
+    rows = [{"samples": [[f"{MARK} {text}", reason] for text, reason in row["samples"]]} for row in rows]
+    stored.write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]))
 
-    run(load_config(None, raw={**raw, "method": {**raw["method"], "selection": "random"}}), tmp_path / "ssr-random")
-    synthesized = sorted(p.name for p in (source / "synthetic" / "generations").glob("*.jsonl"))
-    assert synthesized == ["reverse.jsonl", "upper.jsonl"]  # every task but the last
-    for name in synthesized:
-        task = name.removesuffix(".jsonl")
-        candidates = read_jsonl(tmp_path / "ssr-random" / "synthetic" / f"{task}.candidates.jsonl")
-        assert candidates and all(c["continuation"].startswith(MARK) for c in candidates)
-        stats = json.loads((tmp_path / "ssr-random" / "synthetic" / f"{task}.stats.json").read_text())
-        assert stats["generations_reused_from"] == str(source)
-
-    input_demos = {**raw, "method": {**raw["method"], "demo_outputs": False}, "eval": {**raw["eval"], "max_examples": 1}}
-    run(load_config(None, raw=input_demos), tmp_path / "ssr-input-demos")
-    candidates = read_jsonl(tmp_path / "ssr-input-demos" / "synthetic" / "reverse.candidates.jsonl")
-    assert candidates and not any(c["continuation"].startswith(MARK) for c in candidates)
-    assert "generations_reused_from" not in json.loads((tmp_path / "ssr-input-demos" / "synthetic" / "reverse.stats.json").read_text())
+    ablation = {**raw, "method": {**raw["method"], "selection": "random"}, "tasks": raw["tasks"][:2],
+                "eval": {**raw["eval"], "max_examples": 1}}
+    run(load_config(None, raw=ablation), tmp_path / "ssr-random")
+    candidates = read_jsonl(tmp_path / "ssr-random" / "synthetic" / "reverse.candidates.jsonl")
+    assert candidates and all(c["continuation"].startswith(MARK) for c in candidates)
+    assert len({(c["prompt_id"], c["sample"]) for c in candidates}) == sum(len(r["samples"]) for r in rows)
+    stats = json.loads((tmp_path / "ssr-random" / "synthetic" / "reverse.stats.json").read_text())
+    assert stats["generations_reused_from"] == str(source)
