@@ -59,7 +59,7 @@ SECTION = "## Mutation testing (`make mutation`)"
 MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "selection": (["src/ssr/selection.py"], ["tests/test_selection.py"], None),
     "evaluation": (["src/ssr/evaluation.py"], ["tests/test_evaluation.py"], None),
-    "synthesis": (["src/ssr/synthesis/parser.py", "src/ssr/synthesis/prompts.py"],
+    "synthesis": (["src/ssr/synthesis/parser.py", "src/ssr/synthesis/prompts.py", "src/ssr/synthesis/reuse.py"],
                   [f"tests/test_synthesis.py::{t}" for t in (  # its pure tests: none loads a model
                       "test_prompt_format_matches_the_release", "test_all_ordered_pairs_and_capping",
                       "test_parser_splits_several_instances", "test_parser_never_crashes_nor_invents_text")]
@@ -67,7 +67,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                       "test_open_domain_prompt_is_the_release_alpaca_prompt",
                       "test_open_domain_parser_keeps_exactly_one_input_and_one_output",
                       "test_an_instruction_written_alone_is_a_candidate_only_when_asked")]
-                  + ["tests/test_synthesis_text.py"], None),
+                  + ["tests/test_synthesis_text.py",  # and reused samples, on the tiny model's generator
+                     "tests/test_synthesis_reuse.py::test_samples_are_stored_and_read_back_only_under_the_same_key"], None),
     # the sweep's and the report's statistics (not their plotting and file handling)
     "statistics": (["src/ssr/report.py", "src/ssr/sweep.py"], ["tests/test_summaries.py"],
                    ["ssr.sweep.x_summarize__*", "ssr.sweep.x_format_mean_std__*", "ssr.sweep.x_summary_table__*",
@@ -79,7 +80,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     # the methods and the runner are exercised through whole (tiny) runs: their in-process tests
     # (a subprocess's calls are invisible to mutmut), the methods' own first
     "methods": (["src/ssr/methods/*.py"], [f"tests/test_{t}.py" for t in (
-        "methods", "runner", "regularizers", "ssr_method", "ssr_promises")], None),
+        "methods", "runner", "regularizers", "ssr_method", "ssr_promises", "synthesis_reuse")], None),
     "runner": (["src/ssr/runner.py"], [f"tests/test_{t}.py" for t in (
         "runner", "rundir", "methods", "regularizers", "ssr_method", "ssr_promises", "general", "sweep", "reliability",
         "safety")], None),
@@ -96,7 +97,7 @@ SLOW_TESTS: dict[str, list[tuple[str, list[str]]]] = {
     "training": [("ssr.training.x_train_stage__mutmut_*", [TWO_PROCESSES])],
     # generation shared by the processes of a launch; the merged weights a vLLM engine serves
     "runner": [("ssr.runner.xǁSplitGeneratorǁ*", [TWO_PROCESSES]), ("ssr.runner.x__plain__*", [TWO_PROCESSES]),
-               ("ssr.runner.x__run__*", [TWO_PROCESSES]),
+               ("ssr.runner.x__run__*", [TWO_PROCESSES]), ("ssr.runner.x_run__*", [TWO_PROCESSES]),
                ("ssr.runner.xǁModelStateǁ*", ["tests/test_vllm.py::test_a_merged_engine_serves_a_chain_of_merged_adapters_as_hf_does"])],
 }
 SLOW_VERDICTS = "slow-verdicts.json"

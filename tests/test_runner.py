@@ -174,15 +174,16 @@ def test_stage_1_is_the_same_computation_for_continual_methods(task_dir, tiny_mo
     for name in ("adapter/adapter_model.safetensors", "train.jsonl", "predictions/upper.jsonl"):
         assert (seq / stage / name).read_bytes() == (rep / stage / name).read_bytes()
 
-    # so a new replay run may start from the sequential run's stage 1
+    # so a new replay run may start from the sequential run's stage 1 (`reuse_from`, no callback)
     calls = []
     real_train = ssr.runner.train_stage
     monkeypatch.setattr(ssr.runner, "train_stage", lambda *a, **k: (calls.append(k["desc"]), real_train(*a, **k))[1])
     cfg = load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "replay", per_task=3))
     shared = tmp_path / "shared"
-    assert share_first_stage(seq, cfg, shared)
-    assert run(cfg, shared)["scores"] == json.loads((rep / "results.json").read_text())["scores"]
+    assert run(cfg, shared, reuse_from=seq)["scores"] == json.loads((rep / "results.json").read_text())["scores"]
     assert calls == ["train 2-upper", "train 3-count"]
+    # each run's log handler went with it: the later runs in this process wrote nothing into it
+    assert str(rep) not in (seq / "run.log").read_text() and str(shared) not in (rep / "run.log").read_text()
     # not across different training settings, nor into a run that has begun
     other = load_config(None, raw={**tiny_config(task_dir, tiny_model_dir, "replay", per_task=3), "seed": 8})
     assert not share_first_stage(seq, other, tmp_path / "other")
@@ -495,3 +496,36 @@ def test_a_zero3_launch_refuses_what_it_cannot_generate_with(task_dir, tiny_mode
     with pytest.raises(ConfigError) as error:
         check_launch(cfg, Dist(launch))
     assert str(error.value) == f"{path}:{line}: field 'generation.{key}': {message}"
+
+
+def test_run_refuses_a_zero3_launch_it_cannot_generate_with_before_writing(task_dir, tiny_model_dir, tmp_path,
+                                                                           monkeypatch):
+    """`run` itself asks the launch check, with the run's config: under a ZeRO-3 launch (its
+    accelerator state stood in for, as above) the hf backend is refused and nothing is written."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    from ssr.distributed import Dist
+    from ssr.errors import ConfigError
+
+    launch = SimpleNamespace(process_index=0, num_processes=2, is_main_process=True, device=torch.device("cpu"),
+                             state=SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(zero_stage=3)))
+    monkeypatch.setattr(ssr.runner, "current_dist", lambda: Dist(launch))
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        _run(task_dir, tiny_model_dir, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_prepare_draws_a_demo_pool_of_method_n_demos_where_a_task_has_no_demos_file(task_dir, tiny_model_dir):
+    """Without a `demos` file, a task's demonstrations are `method.n_demos` of its training rows."""
+    from ssr.runner import prepare
+
+    raw = tiny_config(task_dir, tiny_model_dir, "ssr", n_demos=3)
+    for t in raw["tasks"]:
+        del t["demos"]
+    tasks, _ = prepare(load_config(None, raw=raw))
+    for task in tasks:
+        train_inputs = {x.input for x in task.train}
+        assert len(task.demos) == 3 and {d.input for d in task.demos} <= train_inputs
+
