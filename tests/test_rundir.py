@@ -106,13 +106,23 @@ def test_runtime_only_keys_may_change(claimed, path, value):
     run_dir.claim(load_config(None, raw=_set(raw, path, value)))  # no error
 
 
-def test_a_directory_without_a_finished_step_takes_a_corrected_config(task_dir, tmp_path):
+def test_every_difference_is_named_in_one_refusal(claimed):
+    raw, run_dir = claimed
+    changed = _set(_set(raw, ("train", "lr"), 0.5), ("seed", ), 8)
+    with pytest.raises(RunDirError) as refused:
+        run_dir.claim(load_config(None, raw=changed))
+    assert str(refused.value).endswith("Differences (saved -> now): seed: 7 -> 8; train.lr: 0.001 -> 0.5")
+
+
+def test_a_directory_without_a_finished_step_takes_a_corrected_config(task_dir, tmp_path, caplog):
     raw = tiny_config(task_dir, tmp_path / "model", tasks=("upper",))
     run_dir = RunDir(tmp_path / "run")
     run_dir.claim(load_config(None, raw=raw))
     corrected = _set(raw, ("train", "lr"), 0.5)
-    run_dir.claim(load_config(None, raw=corrected))  # nothing finished: the config is replaced
+    with caplog.at_level("INFO", logger="ssr"):
+        run_dir.claim(load_config(None, raw=corrected))  # nothing finished: the config is replaced
     assert "lr: 0.5" in (tmp_path / "run" / "config.yaml").read_text()
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'run'}: replacing the config of a run that finished no step"]
 
 
 def test_a_vllm_run_saved_before_vllm_adapters_existed_served_lora(task_dir, tmp_path):

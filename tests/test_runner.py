@@ -29,9 +29,16 @@ def _run(task_dir, model_dir, out, method="sequential", **opts):
      ("mtl", {}), ("single", {})],
     ids=["sequential", "replay-random", "replay-kmeans", "mtl", "single"],
 )
-def test_every_method_end_to_end(task_dir, tiny_model_dir, tmp_path, method, opts):
+def test_every_method_end_to_end(task_dir, tiny_model_dir, tmp_path, method, opts, monkeypatch):
     out = tmp_path / "run"
+    started_from = []  # the largest |lora_B| of the model each stage starts training: 0 for a fresh LoRA
+    real_train = ssr.runner.train_stage
+    monkeypatch.setattr(ssr.runner, "train_stage", lambda model, *a, **k: (started_from.append(max(
+        p.abs().max().item() for n, p in model.named_parameters() if "lora_B" in n)), real_train(model, *a, **k))[1])
     results = _run(task_dir, tiny_model_dir, out, method, **opts)
+    # PEFT initialises lora_B to zero: single and mtl start every stage from θ(0) and a new adapter,
+    # the continual methods stages 2 and 3 from the adapter trained so far
+    assert started_from[0] == 0 and all((v == 0) == (method in ("single", "mtl")) for v in started_from[1:])
     scores = results["scores"]
     assert results["method"] == method and results["tasks"] == TASKS
     assert len(scores) == 4 and all(len(row) == 3 for row in scores)
@@ -529,3 +536,65 @@ def test_prepare_draws_a_demo_pool_of_method_n_demos_where_a_task_has_no_demos_f
         train_inputs = {x.input for x in task.train}
         assert len(task.demos) == 3 and {d.input for d in task.demos} <= train_inputs
 
+
+def test_prepare_names_every_problem_of_the_method_at_once(task_dir, tiny_model_dir):
+    """Each problem on its own line, in the tasks' order (here: too few demonstrations for
+    `n_shots` in both tasks SSR synthesizes)."""
+    from ssr.errors import ConfigError
+    from ssr.runner import prepare
+
+    with pytest.raises(ConfigError) as refused:
+        prepare(load_config(None, raw=tiny_config(task_dir, tiny_model_dir, "ssr", n_shots=7)))
+    assert str(refused.value).split("\n") == [
+        f"config: field 'tasks.{i}.demos': task '{name}' has 6 demonstrations for SSR synthesis; method.n_shots = 7 "
+        "needs at least that many" for i, name in enumerate(("reverse", "upper"))]
+
+
+def test_theta0_writes_after_an_adapter_was_merged_into_the_weights(tiny_model_dir, new_adapter_run):
+    """`train.adapter: new` merges stage 1's adapter into the loaded weights when stage 2 starts;
+    the ICL generator must still be θ(0): its logits are those of a freshly loaded base model."""
+    from ssr.runner import ModelState, prepare, resolve_settings
+
+    raw, out, _ = new_adapter_run
+    cfg = resolve_settings(load_config(None, raw=raw))
+    _, method = prepare(cfg)
+    first, second = method.plan()
+    models = ModelState(cfg, out)
+    models.start_stage(second, [first])
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad(), models.icl_generator(4) as (generator, _, _):
+        written_by = generator.model(ids).logits
+    base = load_base_model(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(written_by, base(ids).logits)
+
+
+def test_a_new_adapter_run_resumed_at_stage_3_starts_from_both_earlier_stages_merged(task_dir, tiny_model_dir,
+                                                                                    tmp_path, monkeypatch):
+    """Killed before stage 3 and resumed in a new process state, a `train.adapter: new` run loads
+    stage 1 and 2's adapters from disk, merged in order: its predictions after stage 3 are those of
+    base + adapter 1 merged + adapter 2 merged + adapter 3, built here with PEFT directly."""
+    from ssr.models import load_tokenizer
+
+    raw = tiny_config(task_dir, tiny_model_dir)
+    raw["train"]["adapter"] = "new"
+    real_train = ssr.runner.train_stage
+
+    def dies_in_stage_3(model, template, rows, cfg, seed, desc, **kwargs):
+        if "3-count" in desc:
+            raise KeyboardInterrupt("killed")
+        return real_train(model, template, rows, cfg, seed, desc=desc, **kwargs)
+
+    monkeypatch.setattr(ssr.runner, "train_stage", dies_in_stage_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(load_config(None, raw=raw), tmp_path / "run")
+    monkeypatch.setattr(ssr.runner, "train_stage", real_train)
+    run(load_config(None, raw=raw), tmp_path / "run")
+    model = load_base_model(str(tiny_model_dir))
+    for stage in ("1-reverse", "2-upper"):
+        model = PeftModel.from_pretrained(model, str(tmp_path / "run" / "stages" / stage / "adapter")).merge_and_unload()
+    model = PeftModel.from_pretrained(model, str(tmp_path / "run" / "stages" / "3-count" / "adapter")).eval()
+    rows = read_jsonl(tmp_path / "run" / "stages" / "3-count" / "predictions" / "upper.jsonl")
+    expected = greedy_raw_by_hand(model, load_tokenizer(str(tiny_model_dir)), "Write the input in upper case.",
+                                  [r["input"] for r in rows], 6)
+    assert [r["prediction"] for r in rows] == expected
