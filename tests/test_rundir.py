@@ -193,3 +193,19 @@ def test_caches_are_prepared_in_the_configured_cache_dir(task_dir, tiny_model_di
         raw["model"].update(dtype="auto", cache_dir=str(tmp_path / backend))
         prepare_caches(load_config(None, raw=raw))
         assert bool(list((tmp_path / backend).glob("cpu-bf16-*.json"))) is measured, backend
+
+
+def test_an_unreadable_config_beside_finished_steps_is_refused_with_what_to_do(claimed, tmp_path):
+    raw, run_dir = claimed
+    (tmp_path / "run" / "config.yaml").write_text("[: not yaml")
+    with pytest.raises(RunDirError) as refused:
+        run_dir.claim(load_config(None, raw=raw))
+    assert str(refused.value) == (f"{tmp_path / 'run' / 'config.yaml'}: not a readable run config, yet the directory "
+                                  "holds finished steps; restore the file or use another --output-dir")
+
+
+def test_an_output_dir_that_cannot_be_created_says_why(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunDirError) as refused:
+        RunDir(tmp_path / "file" / "run").create()
+    assert str(refused.value) == f"--output-dir {tmp_path / 'file' / 'run'}: cannot be created (Not a directory)"
