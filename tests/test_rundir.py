@@ -198,10 +198,12 @@ def test_caches_are_prepared_in_the_configured_cache_dir(task_dir, tiny_model_di
 def test_an_unreadable_config_beside_finished_steps_is_refused_with_what_to_do(claimed, tmp_path):
     raw, run_dir = claimed
     (tmp_path / "run" / "config.yaml").write_text("[: not yaml")
-    with pytest.raises(RunDirError) as refused:
-        run_dir.claim(load_config(None, raw=raw))
-    assert str(refused.value) == (f"{tmp_path / 'run' / 'config.yaml'}: not a readable run config, yet the directory "
-                                  "holds finished steps; restore the file or use another --output-dir")
+    expected = (f"{tmp_path / 'run' / 'config.yaml'}: not a readable run config, yet the directory "
+                "holds finished steps; restore the file or use another --output-dir")
+    for refuse in (lambda: run_dir.claim(load_config(None, raw=raw)), run_dir.check):  # check: before any loading
+        with pytest.raises(RunDirError) as refused:
+            refuse()
+        assert str(refused.value) == expected
 
 
 def test_an_output_dir_that_cannot_be_created_says_why(tmp_path):
@@ -209,3 +211,9 @@ def test_an_output_dir_that_cannot_be_created_says_why(tmp_path):
     with pytest.raises(RunDirError) as refused:
         RunDir(tmp_path / "file" / "run").create()
     assert str(refused.value) == f"--output-dir {tmp_path / 'file' / 'run'}: cannot be created (Not a directory)"
+
+
+def test_an_empty_output_dir_is_refused():
+    with pytest.raises(RunDirError) as refused:
+        RunDir("")
+    assert str(refused.value) == "--output-dir is empty; give the run directory"
