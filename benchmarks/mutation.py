@@ -98,6 +98,7 @@ SLOW_TESTS: dict[str, list[tuple[str, list[str]]]] = {
     # generation shared by the processes of a launch; the merged weights a vLLM engine serves
     "runner": [("ssr.runner.xǁSplitGeneratorǁ*", [TWO_PROCESSES]), ("ssr.runner.x__plain__*", [TWO_PROCESSES]),
                ("ssr.runner.x__run__*", [TWO_PROCESSES]), ("ssr.runner.x_run__*", [TWO_PROCESSES]),
+               ("ssr.runner.xǁRunContextǁgenerator_after__*", [TWO_PROCESSES]),
                ("ssr.runner.xǁModelStateǁ*", ["tests/test_vllm.py::test_a_merged_engine_serves_a_chain_of_merged_adapters_as_hf_does"])],
 }
 SLOW_VERDICTS = "slow-verdicts.json"
