@@ -171,11 +171,17 @@ def kill_point(config: Path, out: Path, phase: str, reference_log: str, referenc
     return point
 
 
+def own_folder(work: Path, name: str) -> Path:
+    """A run directory alone in a folder of its own: SSR reuses the samples of a sibling run with
+    the same key (ssr.synthesis.reuse), and each run here must draw its own."""
+    return work / name / "run"
+
+
 def run_harness(points: int, seed: int, work: Path, echo=print) -> dict:
     """The whole harness: reference run, `points` kill-and-resume runs, comparison of each."""
     rng = random.Random(seed)
     config = build_setup(work)
-    reference_dir = work / "reference"
+    reference_dir = own_folder(work, "reference")
     started = time.monotonic()
     finish(start_run(config, reference_dir))
     reference_seconds = time.monotonic() - started
@@ -186,7 +192,7 @@ def run_harness(points: int, seed: int, work: Path, echo=print) -> dict:
     results = []
     for k in range(points):
         phase = phases[k % len(phases)] if k < len(phases) else rng.choice(phases)
-        out = work / f"killed-{k}"
+        out = own_folder(work, f"killed-{k}")
         point = kill_point(config, out, phase, reference_log, reference_seconds, rng)
         point["differences"] = compare(reference, out)
         point["identical"] = not point["differences"]

@@ -30,8 +30,9 @@ def harness(tmp_path_factory):
     """The harness's config (SSR, two toy tasks, tiny model) and its uninterrupted reference run."""
     work = tmp_path_factory.mktemp("kill")
     config = kill_harness.build_setup(work)
-    kill_harness.finish(kill_harness.start_run(config, work / "reference"))
-    return {"work": work, "config": config, "reference": kill_harness.run_files(work / "reference")}
+    reference = kill_harness.own_folder(work, "reference")
+    kill_harness.finish(kill_harness.start_run(config, reference))
+    return {"work": work, "config": config, "reference": kill_harness.run_files(reference)}
 
 
 def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
@@ -47,7 +48,7 @@ def test_sigkill_in_each_phase_resumes_to_identical_files(harness):
     training, then the rerun killed in synthesis, that rerun killed in refinement; the last rerun
     ends with every file of the uninterrupted run."""
     rng = random.Random(0)
-    out = harness["work"] / "killed"
+    out = kill_harness.own_folder(harness["work"], "killed")
     for phase in ("training", "synthesis", "refinement"):
         marker = kill_harness.PHASES[phase]
         seen = kill_harness._log_count(out, marker)  # the earlier launches' lines stay in run.log
@@ -64,7 +65,7 @@ def test_sigkill_in_each_phase_resumes_to_identical_files(harness):
 
 
 def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(harness):
-    out = harness["work"] / "signalled"
+    out = kill_harness.own_folder(harness["work"], "signalled")
     for sig, code, marker in ((signal.SIGTERM, 143, "training on"), (signal.SIGINT, 130, "synthesizing")):
         proc = kill_harness.start_run(harness["config"], out)
         _wait_for(lambda: kill_harness._log_count(out, marker) > 0, proc, marker)
@@ -79,7 +80,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(harness):
 
 
 def test_one_writer_per_run_directory_and_a_dead_writers_lock_is_taken_over(harness):
-    out = harness["work"] / "locked"
+    out = kill_harness.own_folder(harness["work"], "locked")
     first = kill_harness.start_run(harness["config"], out)
     _wait_for(lambda: (out / ".lock").exists() and (out / ".lock").read_text().strip(), first, "the lock")
     first.send_signal(signal.SIGSTOP)  # keep it alive, holding the lock, while the others try

@@ -171,7 +171,7 @@ def test_ssr_under_two_processes_killed_in_training_reruns_to_the_one_process_ru
     assert json.loads((out / ".lock").read_text())["pid"] > 0, "the killed main process held the lock"
 
     rerun = _launch(config, tmp_path / "two.yaml", out)
-    one = tmp_path / "one"
+    one = tmp_path / "reference" / "one"  # no sibling to reuse the samples of: it draws its own
     _one_process_run(_config(task_dir, tiny_model_dir, "ssr", 1, **opts), one)
     _finish(rerun)
     assert (out / ".lock").read_text() == "", "the rerun took the dead run's lock over, and released it"

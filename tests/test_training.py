@@ -423,7 +423,8 @@ def test_a_stage_is_the_plain_loop_written_by_hand(tiny_model_dir, monkeypatch, 
     trained = dict(reference.named_parameters())
     for name, weight in model.named_parameters():
         if weight.requires_grad:
-            torch.testing.assert_close(weight, trained[name], rtol=1e-4, atol=1e-6)
+            # fp32 sums in another order per CPU's kernels: 1.6e-6 apart on an AMD EPYC without avx512_bf16
+            torch.testing.assert_close(weight, trained[name], rtol=1e-4, atol=1e-5)
     (kwargs, bar), = bars
     assert (bar.total, bar.n, kwargs["desc"], kwargs["unit"], kwargs["leave"], kwargs["disable"]) == (5, 5, "stage 2", "step", False, False)
     assert postfixes == [{"loss": f"{loss:.3f}"} for loss in want["step_losses"]]
