@@ -68,6 +68,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                       "test_open_domain_parser_keeps_exactly_one_input_and_one_output",
                       "test_an_instruction_written_alone_is_a_candidate_only_when_asked")]
                   + ["tests/test_synthesis_text.py",  # and reused samples, on the tiny model's generator
+                     "tests/test_synthesis_reuse.py::test_the_key_is_a_sha256_of_a_canonical_form",
                      "tests/test_synthesis_reuse.py::test_samples_are_stored_and_read_back_only_under_the_same_key"], None),
     # the sweep's and the report's statistics (not their plotting and file handling)
     "statistics": (["src/ssr/report.py", "src/ssr/sweep.py"], ["tests/test_summaries.py"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from conftest import SSR_OPTS, tiny_config
@@ -14,7 +14,7 @@ from ssr.generation import HFGenerator, SamplingParams
 from ssr.io import read_jsonl
 from ssr.models import load_base_model, load_tokenizer
 from ssr.runner import run
-from ssr.synthesis.reuse import ReusedGenerations
+from ssr.synthesis.reuse import ReusedGenerations, generation_key
 
 MARK = "REUSED-FROM-THE-SIBLING"
 
@@ -30,7 +30,19 @@ class CountingGenerator:
         return self.inner.generate(prompts, params, desc)
 
 
-def test_samples_are_stored_and_read_back_only_under_the_same_key(tiny_model_dir, tmp_path):
+def test_the_key_is_a_sha256_of_a_canonical_form():
+    """The key does not depend on the order the identity's fields were written in."""
+    import hashlib
+
+    params = SamplingParams(max_new_tokens=5, seed=3)
+    key = generation_key({"engine": "hf", "dtype": "float32"}, [[1, 2]], params)
+    assert key == generation_key({"dtype": "float32", "engine": "hf"}, [[1, 2]], params)
+    canonical = json.dumps({"identity": {"dtype": "float32", "engine": "hf"}, "params": asdict(params), "prompts": [[1, 2]]},
+                           sort_keys=True)
+    assert key == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def test_samples_are_stored_and_read_back_only_under_the_same_key(tiny_model_dir, tmp_path, caplog):
     tok = load_tokenizer(str(tiny_model_dir))
     gen = CountingGenerator(HFGenerator(load_base_model(str(tiny_model_dir)), tok, 4, show_progress=False))
     prompts = [tok("Input: abc\nOutput:")["input_ids"], tok("Input: xy\nOutput:")["input_ids"]]
@@ -39,10 +51,16 @@ def test_samples_are_stored_and_read_back_only_under_the_same_key(tiny_model_dir
     first = tmp_path / "a" / "synthetic" / "generations" / "t.jsonl"
     drawn = ReusedGenerations(gen, first, identity, []).generate(prompts, params)
     assert gen.calls == 1 and first.exists()
+    header, *rows = read_jsonl(first)  # the header says what the samples were drawn with
+    assert header == {"key": generation_key(identity, prompts, params), "prompts": 2, "identity": identity,
+                      "params": asdict(params)}
+    assert rows == [{"samples": [[str(c), c.finish_reason] for c in samples]} for samples in drawn]
 
     second = tmp_path / "b" / "synthetic" / "generations" / "t.jsonl"
     reuse = ReusedGenerations(gen, second, identity, [first])
-    again = reuse.generate(prompts, params)
+    with caplog.at_level("INFO", logger="ssr"):
+        again = reuse.generate(prompts, params)
+    assert [r.getMessage() for r in caplog.records] == [f"generate: 2 prompts' continuations reused from {first} (the same key)"]
     assert gen.calls == 1, "the same key sampled again"
     assert again == drawn and [[c.finish_reason for c in s] for s in again] == [[c.finish_reason for c in s] for s in drawn]
     assert reuse.reused_from == first and second.read_bytes() == first.read_bytes()
