@@ -49,8 +49,9 @@ def test_samples_are_stored_and_read_back_only_under_the_same_key(tiny_model_dir
     params = SamplingParams(max_new_tokens=5, do_sample=True, temperature=0.9, top_p=0.6, num_samples=2, seed=3)
     identity = {"engine": "hf", "dtype": "float32"}
     first = tmp_path / "a" / "synthetic" / "generations" / "t.jsonl"
-    drawn = ReusedGenerations(gen, first, identity, []).generate(prompts, params)
-    assert gen.calls == 1 and first.exists()
+    fresh = ReusedGenerations(gen, first, identity, [])
+    drawn = fresh.generate(prompts, params)
+    assert gen.calls == 1 and first.exists() and fresh.reused_from is None
     header, *rows = read_jsonl(first)  # the header says what the samples were drawn with
     assert header == {"key": generation_key(identity, prompts, params), "prompts": 2, "identity": identity,
                       "params": asdict(params)}
