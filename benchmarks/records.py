@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from ssr.compare import row_key
 from ssr.config import RunConfig, diff, to_dict, with_legacy_defaults
 from ssr.io import write_text
 from ssr.runner import resolve_settings
@@ -28,10 +29,11 @@ RECORDS = ROOT / "benchmarks" / "records"
 MARKER = "record.json"
 KEPT = ("config.yaml", "results.json", "timings.jsonl", "run.log", "stages/*/train_stats.json", "stages/*/general.json",
         "rehearsal/*.jsonl", "synthetic/*.stats.json", "synthetic/*.quality.json")
-PREDICTION_FIELDS = ("id", "rougeL", "exact_match")
-"""Of each prediction row: what pairing and scoring read. Not the answer text: answers often repeat
-their input (a question-generation answer quotes its passage), and the data set is read by path,
-never copied into the repository."""
+PREDICTION_FIELDS = ("id_sha256", "rougeL", "exact_match")
+"""Of each prediction row: what pairing and scoring read, the id as its digest (`compare.row_key`).
+Not the answer text, nor the data set's own ids: answers often repeat their input (a
+question-generation answer quotes its passage), and the data set is read by path, never copied
+into the repository."""
 
 
 def is_record(run_dir: Path) -> bool:
@@ -52,7 +54,8 @@ def save_record(run_dir: Path, record_dir: Path) -> Path:
         shutil.copy2(path, staging / path.relative_to(run_dir))
     for path in sorted(run_dir.glob("stages/*/predictions/*.jsonl")):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        slim = "".join(json.dumps({k: r[k] for k in PREDICTION_FIELDS if k in r}, ensure_ascii=False) + "\n" for r in rows)
+        slim = "".join(json.dumps({"id_sha256": row_key(r), "rougeL": r["rougeL"], "exact_match": r["exact_match"]}) + "\n"
+                       for r in rows)
         write_text(staging / path.relative_to(run_dir), slim)
     write_text(staging / MARKER, json.dumps({
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"), "from": str(run_dir),

@@ -12,6 +12,7 @@ Scores are ROUGE-L x 100, as in the score matrix; rows are read from each stage'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -38,7 +39,17 @@ def row_scores(stage_dir: Path, task: str) -> tuple[list[str], list[float]]:
         raise SSRError(f"{path}: no predictions of {task} after this stage (was it evaluated? "
                        "`eval.schedule: metrics` evaluates only what AR / FWT / BWT read)")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["id"] for r in rows], [100 * r["rougeL"] for r in rows]
+    return [row_key(r) for r in rows], [100 * r["rougeL"] for r in rows]
+
+
+def id_digest(row_id: str) -> str:
+    """A data row's id as a short sha256: what pairs rows, without repeating the data set's ids."""
+    return hashlib.sha256(row_id.encode("utf-8")).hexdigest()[:16]
+
+
+def row_key(row: dict) -> str:
+    """What pairs a prediction row across runs: its id's digest (a bench record keeps only that)."""
+    return row["id_sha256"] if "id_sha256" in row else id_digest(row["id"])
 
 
 def trained_tasks(run_dir: Path, stages: list[Path]) -> list[str]:
