@@ -81,6 +81,67 @@ def test_a_record_is_reused_only_for_the_same_config_wherever_the_data_lies(reco
         "tasks.0.eval: 'reverse.eval.jsonl' -> 'upper.eval.jsonl'", "train.lr: 0.001 -> 0.002"]
 
 
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def _text_of(record: Path) -> str:
+    """Every string a record's JSON files hold, decoded (JSON escapes would hide a quote)."""
+    out = []
+    for path in record.rglob("*.json*"):
+        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        out += [s for line in lines if line.strip() for s in _strings(json.loads(line))]
+    return "\n".join(out)
+
+
+def test_a_record_holds_no_text_of_the_task_data_and_withholds_generated_quotes(recorded, task_dir, tmp_path):
+    """The data set is read by path, never copied: a record of an SSR run whose synthetic rows and
+    quality examples quote a demonstration (planted) keeps the rest of those rows, withholds the
+    quoting strings, and holds no 40-character piece of any definition, demo or training row."""
+    run_dir, _, _ = recorded
+    planted = tmp_path / "run"
+    shutil.copytree(run_dir, planted, ignore=shutil.ignore_patterns("*.safetensors"))
+    demo = json.loads((task_dir / "reverse.demos.jsonl").read_text().splitlines()[0])
+    quote = demo["full_prompt"][:44]  # the definition
+    assert len(quote) == 44 and "\n" not in quote
+    rehearsed = planted / "synthetic" / "reverse.jsonl"
+    rows = [json.loads(line) for line in rehearsed.read_text().splitlines()]
+    rows[0]["output"] = f"so: {quote}!"
+    rehearsed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    quality_file = planted / "synthetic" / "reverse.quality.json"
+    figures = json.loads(quality_file.read_text())
+    figures["examples"]["kept"][0]["input"] = quote.upper() + quote  # a quote after other text
+    quality_file.write_text(json.dumps(figures))
+
+    record = records.save_record(planted, tmp_path / "record")
+    kept = [json.loads(line) for line in (record / "synthetic" / "reverse.jsonl").read_text().splitlines()]
+    assert kept[0]["output"] == records.WITHHELD and kept[0]["input"] == rows[0]["input"]
+    assert kept[1:] == [{k: v for k, v in r.items() if k not in ("definition", "demo_ids")} for r in rows[1:]]
+    assert "definition" in rows[1] and "demo_ids" in rows[1]
+    assert json.loads((record / "synthetic" / "reverse.quality.json").read_text())["examples"]["kept"][0]["input"] == records.WITHHELD
+
+    text = _text_of(record)
+    real = [json.loads(line) for path in task_dir.glob("*.jsonl") for line in path.read_text().splitlines()]
+    pieces = {v[i:i + 40] for r in real for v in (r["id"], r["full_prompt"], r["input"], r["output"]) for i in range(len(v) - 39)}
+    assert pieces and not [piece for piece in pieces if piece in text]
+
+
+def test_a_record_names_replayed_rows_by_their_id_s_digest_alone(tmp_path):
+    run_dir = tmp_path / "run"
+    rows = [{"task": "qa", "source": "replay", "id": f"task-{k}", "definition": "Answer the question below, "
+             "in a few words taken from the passage.", "input": f"passage {k}", "output": f"answer {k}"} for k in range(3)]
+    (run_dir / "rehearsal").mkdir(parents=True)
+    (run_dir / "rehearsal" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "results.json").write_text("{}")
+    record = records.save_record(run_dir, tmp_path / "record")
+    assert [json.loads(line) for line in (record / "rehearsal" / "qa.jsonl").read_text().splitlines()] == [
+        {"id_sha256": hashlib.sha256(f"task-{k}".encode()).hexdigest()[:16], "task": "qa", "source": "replay"} for k in range(3)]
+
+
 def test_recording_again_replaces_the_record_whole(recorded, tmp_path):
     run_dir, _, _ = recorded
     target = tmp_path / "r"
