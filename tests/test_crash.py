@@ -43,40 +43,43 @@ def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300
         time.sleep(0.02)
 
 
-def test_sigkill_in_each_phase_resumes_to_identical_files(harness):
-    """The reduced harness, its kills chained in one directory to save launches: SIGKILL in
-    training, then the rerun killed in synthesis, that rerun killed in refinement; the last rerun
-    ends with every file of the uninterrupted run."""
+# The interruptions of one chain, in one directory (launches are most of this module's time):
+# (phase whose run.log line the signal waits for, signal, the exit code a clean stop must give;
+# None: SIGKILL, no chance to clean up). SIGTERM and SIGINT come after a SIGKILL of the same
+# phase, so each also stops a rerun that resumes half-done work.
+INTERRUPTIONS = (("training", signal.SIGKILL, None), ("training", signal.SIGTERM, 143),
+                 ("synthesis", signal.SIGKILL, None), ("synthesis", signal.SIGINT, 130),
+                 ("refinement", signal.SIGKILL, None))
+
+
+def test_kills_and_signals_in_each_phase_resume_to_identical_files(harness):
+    """The reduced harness, its interruptions chained in one directory to save launches: SIGKILL
+    in training, the rerun stopped by SIGTERM in training, the next killed in synthesis, the next
+    stopped by SIGINT in synthesis, the next killed in refinement; a clean stop exits 128+signal,
+    says how to resume, prints no traceback and releases the lock; a kill leaves the lock naming
+    the dead run, which the next launch takes over. The last rerun ends with every file of the
+    uninterrupted run, and no temporary is left behind."""
     rng = random.Random(0)
-    out = kill_harness.own_folder(harness["work"], "killed")
-    for phase in ("training", "synthesis", "refinement"):
+    out = kill_harness.own_folder(harness["work"], "interrupted")
+    for phase, sig, code in INTERRUPTIONS:
         marker = kill_harness.PHASES[phase]
         seen = kill_harness._log_count(out, marker)  # the earlier launches' lines stay in run.log
         proc = kill_harness.start_run(harness["config"], out)
         _wait_for(lambda: kill_harness._log_count(out, marker) > seen, proc, f"{phase} after {seen} earlier lines")
         time.sleep(rng.uniform(0.0, 0.03))  # the tiny model's steps take tens of milliseconds
-        assert proc.poll() is None, f"the run finished before the kill in {phase}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert json.loads((out / ".lock").read_text())["pid"] == proc.pid, "the killed run held the lock"
-    kill_harness.finish(kill_harness.start_run(harness["config"], out))  # takes the dead run's lock over
-    assert kill_harness.compare(harness["reference"], out) == [], "resumed after kills in every phase: files differ"
-    assert not [p for p in out.rglob(".*") if p.name != ".lock"], "a killed write's temporary was left behind"
-
-
-def test_sigterm_and_sigint_stop_cleanly_and_the_rerun_resumes(harness):
-    out = kill_harness.own_folder(harness["work"], "signalled")
-    for sig, code, marker in ((signal.SIGTERM, 143, "training on"), (signal.SIGINT, 130, "synthesizing")):
-        proc = kill_harness.start_run(harness["config"], out)
-        _wait_for(lambda: kill_harness._log_count(out, marker) > 0, proc, marker)
+        assert proc.poll() is None, f"the run finished before the {sig.name} in {phase}"
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=300)
+        if code is None:
+            assert json.loads((out / ".lock").read_text())["pid"] == proc.pid, "the killed run held the lock"
+            continue
         assert proc.returncode == code, err.decode()[-1500:]
         assert "rerun the same command to resume" in err.decode()
         assert "Traceback" not in err.decode()
         assert (out / ".lock").read_text() == "", "the lock must be released (its holder cleared) on a clean stop"
-    kill_harness.finish(kill_harness.start_run(harness["config"], out))
-    assert kill_harness.compare(harness["reference"], out) == []
+    kill_harness.finish(kill_harness.start_run(harness["config"], out))  # takes the dead run's lock over
+    assert kill_harness.compare(harness["reference"], out) == [], "resumed after interruptions in every phase: files differ"
+    assert not [p for p in out.rglob(".*") if p.name != ".lock"], "an interrupted write's temporary was left behind"
 
 
 def test_one_writer_per_run_directory_and_a_dead_writers_lock_is_taken_over(harness):
