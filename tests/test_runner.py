@@ -626,3 +626,16 @@ def test_which_stages_the_vllm_engine_serves(task_dir, tiny_model_dir, tmp_path,
               "2-fresh": Stage(2, "2-upper", ("upper",), fresh=True)}
     state = ModelState(load_config(None, raw=raw), tmp_path)
     assert state._vllm_serves(stages[stage], [stages[s] for s in before.split(",") if s]) is serves
+
+
+def test_resolving_the_settings_leaves_the_caller_s_config_as_written(task_dir, tiny_model_dir):
+    """The run directory records the concrete backend, but the config a caller passed (a sweep
+    plans many runs from one) keeps `auto`: on another machine it may resolve otherwise."""
+    from ssr.runner import resolve_settings
+
+    raw = tiny_config(task_dir, tiny_model_dir, "sequential")
+    raw["generation"]["backend"], raw["generation"]["vllm_adapters"] = "auto", "auto"
+    cfg = load_config(None, raw=raw)
+    resolved = resolve_settings(cfg)
+    assert resolved.generation.backend in ("hf", "vllm")
+    assert (cfg.generation.backend, cfg.generation.vllm_adapters) == ("auto", "auto")
