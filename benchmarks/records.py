@@ -38,8 +38,6 @@ PREDICTION_FIELDS = ("id_sha256", "rougeL", "exact_match")
 Not the answer text, nor the data set's own ids: answers often repeat their input (a
 question-generation answer quotes its passage), and the data set is read by path, never copied
 into the repository."""
-REPLAYED_FIELDS = ("id_sha256", "task", "source")
-"""Of each replayed real row (rehearsal/<task>.jsonl): which row it was, not its text."""
 SYNTHETIC_DROPPED = ("definition", "demo_ids")
 """Of each rehearsed synthetic row: fields that are the data set's own text or ids."""
 QUOTE_CHARS = 40
@@ -66,7 +64,7 @@ def save_record(run_dir: Path, record_dir: Path) -> Path:
 
     for path in sorted(run_dir.glob("stages/*/predictions/*.jsonl")):
         write_rows(path, lambda r: {"id_sha256": row_key(r), "rougeL": r["rougeL"], "exact_match": r["exact_match"]})
-    for path in sorted(run_dir.glob("rehearsal/*.jsonl")):
+    for path in sorted(run_dir.glob("rehearsal/*.jsonl")):  # replayed real rows: which they were, not their text
         write_rows(path, lambda r: {"id_sha256": id_digest(r["id"]), "task": r["task"], "source": r["source"]})
     generated = sorted(run_dir.glob("synthetic/*.quality.json"))
     # SSR's rehearsed sets: synthetic/<task>.jsonl, not its prompts or every candidate
@@ -81,7 +79,9 @@ def save_record(run_dir: Path, record_dir: Path) -> Path:
     write_text(staging / MARKER, json.dumps({
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"), "from": str(run_dir),
         "predictions": f"fields {', '.join(PREDICTION_FIELDS)} of each row; weights, training rows, prompts and "
-                       "candidates are left in the run directory"}, indent=1) + "\n")
+                       "candidates are left in the run directory",
+        "rehearsal": "replayed real rows by their id's digest; synthetic rows without definitions or demo ids, "
+                     f"a string quoting {QUOTE_CHARS} characters of the task data replaced by {WITHHELD!r}"}, indent=1) + "\n")
     shutil.rmtree(record_dir, ignore_errors=True)  # one rename from the complete copy: never half a record
     record_dir.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(record_dir)
