@@ -205,3 +205,71 @@ def test_the_benchmark_section_is_written_from_records_alone(recorded, tmp_path)
     assert f"| {results['AR']:.2f} |" in row and f"| {results['BWT']:.2f} |" in row
     assert f"record (no weights) in `{kept}/`" in text
     assert "| SSR, o1 | reverse |" in text  # the synthetic-data table, from the record's quality files
+
+
+QUOTE = 40
+
+
+def _quotes(texts: dict[str, str], rows: list[dict]) -> dict[tuple[str, str], str]:
+    """(file, field) -> a `QUOTE`-character piece of a data row's field found in that file's text.
+    Any common piece of 40 holds a piece of 20 that starts at a multiple of 20 in the field: look
+    those up among every 20-character piece of the files, then check the 40 around each hit."""
+    pieces_20, pieces_40 = set(), {}
+    for name, text in texts.items():
+        pieces_20.update(hash(text[i:i + 20]) for i in range(len(text) - 19))
+        for i in range(len(text) - QUOTE + 1):
+            pieces_40.setdefault(hash(text[i:i + QUOTE]), name)
+    found = {}
+    for row in rows:
+        for field, value in row.items():
+            if not isinstance(value, str):
+                continue
+            for m in range(0, len(value) - QUOTE + 1, 20):
+                if hash(value[m:m + 20]) in pieces_20:
+                    for a in range(max(0, m - 19), min(m, len(value) - QUOTE) + 1):
+                        if (name := pieces_40.get(hash(value[a:a + QUOTE]))) is not None:
+                            found.setdefault((name, field), value[a:a + QUOTE])
+    return found
+
+
+def _tracked_texts() -> dict[str, str]:
+    """Every tracked text file, and the strings of its JSON decoded (escapes would hide a quote)."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=quality.ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout ({listed.stderr.strip()}): no tracked files to scan")
+    texts = {}
+    for name in filter(None, listed.stdout.split("\0")):
+        try:
+            text = (quality.ROOT / name).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+            continue
+        if name.endswith((".json", ".jsonl")):
+            try:
+                lines = [text] if name.endswith(".json") else [line for line in text.splitlines() if line.strip()]
+                text += "\n" + "\n".join(s for line in lines for s in _strings(json.loads(line)))
+            except json.JSONDecodeError:
+                pass
+        texts[name] = text
+    return texts
+
+
+def test_the_quote_finder_finds_a_planted_quote_at_any_offset():
+    row = {"id": "task9-0123456789abcdef0123456789abcdef0123", "input": "".join(chr(97 + i % 26) * (1 + i % 3) for i in range(90))}
+    for start in (0, 7, 19, 20, 33, len(row["input"]) - QUOTE):
+        piece = row["input"][start:start + QUOTE]
+        assert _quotes({"a.md": f"text around it: {piece} and on"}, [row]) == {("a.md", "input"): piece}, start
+        assert _quotes({"a.md": f"only {piece[:-1]} of it"}, [row]) == {}, start
+    assert _quotes({"r.json": json.dumps({"x": row["id"]})}, [row]) == {("r.json", "id"): row["id"][:QUOTE]}
+
+
+@pytest.mark.skipif(not BENCH_DATA.is_dir(), reason=f"the shared SuperNI split is absent at {BENCH_DATA}")
+def test_no_tracked_file_quotes_the_shared_data_set():
+    """The data set is read by path, never copied into the repository: no tracked file (records,
+    BENCHMARKS.md, tests, configs) holds 40 characters in a row of any field of any of its rows
+    (ids, inputs, outputs, prompts), nor in the JSON-decoded strings of a record."""
+    rows = [json.loads(line) for path in sorted(BENCH_DATA.glob("*.jsonl"))
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert rows
+    assert _quotes(_tracked_texts(), rows) == {}
