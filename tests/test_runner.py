@@ -639,3 +639,16 @@ def test_resolving_the_settings_leaves_the_caller_s_config_as_written(task_dir, 
     resolved = resolve_settings(cfg)
     assert resolved.generation.backend in ("hf", "vllm")
     assert (cfg.generation.backend, cfg.generation.vllm_adapters) == ("auto", "auto")
+
+
+@pytest.mark.parametrize("backend, adapters", [("vllm", "merged"), ("vllm", "lora"), ("vllm", "auto"), ("hf", "auto")])
+def test_the_settings_record_how_vllm_serves_stages_only_for_vllm_runs(task_dir, tiny_model_dir, backend, adapters):
+    """`generation.vllm_adapters: auto` is made concrete for a vLLM run (LoRA per request on a GPU,
+    merged weights on a CPU: README), as written otherwise; an hf run keeps what was written."""
+    from ssr.runner import resolve_settings
+
+    raw = tiny_config(task_dir, tiny_model_dir, "sequential", backend=backend)
+    raw["generation"]["vllm_adapters"] = adapters
+    resolved = resolve_settings(load_config(None, raw=raw)).generation
+    by_hand = {"auto": "lora" if torch.cuda.is_available() else "merged"}.get(adapters, adapters) if backend == "vllm" else adapters
+    assert (resolved.backend, resolved.vllm_adapters) == (backend, by_hand)
