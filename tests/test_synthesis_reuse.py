@@ -8,6 +8,8 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
+
 from conftest import SSR_OPTS, tiny_config
 from ssr.config import load_config
 from ssr.generation import HFGenerator, SamplingParams
@@ -110,3 +112,36 @@ def test_an_ablation_beside_an_ssr_run_parses_the_samples_that_run_stored(ssr_ru
     assert len({(c["prompt_id"], c["sample"]) for c in candidates}) == sum(len(r["samples"]) for r in rows)
     stats = json.loads((tmp_path / "ssr-random" / "synthetic" / "reverse.stats.json").read_text())
     assert stats["generations_reused_from"] == str(source)
+
+
+def test_the_generation_identity_names_the_model_the_engine_and_the_dtype_that_sample(task_dir, tiny_model_dir, tmp_path,
+                                                                                     monkeypatch):
+    """What a run's samples are keyed by besides prompts and sampling parameters, case by case:
+    the model and generation settings, the ICL model, the batch size, and which engine samples
+    in which dtype: vLLM for θ(0) on a vLLM run, the hf backend for a separate `method.icl_model`."""
+    from types import SimpleNamespace
+
+    from ssr.methods.ssr import SelfSynthesizedRehearsal
+    from ssr.runner import ModelState
+
+    def identity(backend: str, icl_model: str | None, dtype: str) -> dict:
+        raw = tiny_config(task_dir, tiny_model_dir, "ssr", backend=backend, **SSR_OPTS)
+        raw["model"]["dtype"], raw["method"]["icl_model"], raw["method"]["batch_size"] = dtype, icl_model, 5
+        cfg = load_config(None, raw=raw)
+        models = ModelState(cfg, tmp_path)
+        return raw, SelfSynthesizedRehearsal(cfg, []).generation_identity(SimpleNamespace(models=models))
+
+    raw, hf = identity("hf", None, "float32")
+    assert (hf["engine"], hf["dtype"], hf["icl_model"], hf["batch_size"]) == ("hf", "float32", None, 5)
+    assert hf["model"]["name"] == raw["model"]["name"] and hf["model"]["dtype"] == "float32"
+    assert hf["generation"]["backend"] == "hf" and hf["generation"]["kv_cache_gb"] == raw["generation"]["kv_cache_gb"]
+    # `model.dtype: auto` on a CPU whose bf16 matmul measured 2x fp32: vLLM bf16, the hf model fp32
+    # (README), so the engine that samples decides the dtype in the identity
+    monkeypatch.setattr("ssr.models.dtype.cpu_bf16_speedup", lambda cache_dir=None: 2.0)
+    hf_auto = "bfloat16" if torch.cuda.is_available() else "float32"
+    _, vllm = identity("vllm", None, "auto")
+    assert (vllm["engine"], vllm["dtype"], vllm["generation"]["backend"]) == ("vllm", "bfloat16", "vllm")
+    _, other = identity("vllm", str(tiny_model_dir), "auto")
+    assert (other["engine"], other["dtype"], other["icl_model"]) == ("hf", hf_auto, str(tiny_model_dir))
+    _, hf_run = identity("hf", None, "auto")
+    assert (hf_run["engine"], hf_run["dtype"]) == ("hf", hf_auto)
