@@ -98,8 +98,9 @@ def quoted_text(run_dir: Path) -> set[str]:
     pieces: set[str] = set()
     for t in cfg.tasks:
         task = load_task(t, cfg.data, cfg.method.n_demos, cfg.eval.max_examples, cfg.eval.max_new_tokens, cfg.seed)
-        texts = [task.definition] + [text for inst in task.demos + task.train
-                                   for text in (inst.id, inst.definition, inst.input, inst.output)]
+        # a set: every instance of a task repeats its definition
+        texts = {task.definition} | {text for inst in task.demos + task.train
+                                     for text in (inst.id, inst.definition, inst.input, inst.output)}
         for text in texts:
             pieces.update(text[i:i + QUOTE_CHARS] for i in range(len(text) - QUOTE_CHARS + 1))
     return pieces

@@ -81,6 +81,10 @@ def test_a_record_is_reused_only_for_the_same_config_wherever_the_data_lies(reco
         "tasks.0.eval: 'reverse.eval.jsonl' -> 'upper.eval.jsonl'", "train.lr: 0.001 -> 0.002"]
 
 
+QUOTE = 40
+"""How many characters in a row of the data set make a quote (the records' bound, by hand)."""
+
+
 def _strings(value) -> list[str]:
     if isinstance(value, dict):
         return [s for v in value.values() for s in _strings(v)]
@@ -89,13 +93,15 @@ def _strings(value) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
+def _json_strings(name: str, text: str) -> list[str]:
+    """The strings a .json or .jsonl file named `name` holds, decoded (JSON escapes would hide a quote)."""
+    lines = [text] if name.endswith(".json") else [line for line in text.splitlines() if line.strip()]
+    return [s for line in lines for s in _strings(json.loads(line))]
+
+
 def _text_of(record: Path) -> str:
-    """Every string a record's JSON files hold, decoded (JSON escapes would hide a quote)."""
-    out = []
-    for path in record.rglob("*.json*"):
-        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
-        out += [s for line in lines if line.strip() for s in _strings(json.loads(line))]
-    return "\n".join(out)
+    """Every string a record's JSON files hold, decoded."""
+    return "\n".join(s for path in record.rglob("*.json*") for s in _json_strings(path.name, path.read_text()))
 
 
 def test_a_record_holds_no_text_of_the_task_data_and_withholds_generated_quotes(recorded, task_dir, tmp_path):
@@ -124,10 +130,8 @@ def test_a_record_holds_no_text_of_the_task_data_and_withholds_generated_quotes(
     assert "definition" in rows[1] and "demo_ids" in rows[1]
     assert json.loads((record / "synthetic" / "reverse.quality.json").read_text())["examples"]["kept"][0]["input"] == records.WITHHELD
 
-    text = _text_of(record)
     real = [json.loads(line) for path in task_dir.glob("*.jsonl") for line in path.read_text().splitlines()]
-    pieces = {v[i:i + 40] for r in real for v in (r["id"], r["full_prompt"], r["input"], r["output"]) for i in range(len(v) - 39)}
-    assert pieces and not [piece for piece in pieces if piece in text]
+    assert real and _quotes({"record": _text_of(record)}, real) == {}
 
 
 def test_a_record_names_replayed_rows_by_their_id_s_digest_alone(tmp_path):
@@ -207,9 +211,6 @@ def test_the_benchmark_section_is_written_from_records_alone(recorded, tmp_path)
     assert "| SSR, o1 | reverse |" in text  # the synthetic-data table, from the record's quality files
 
 
-QUOTE = 40
-
-
 def _quotes(texts: dict[str, str], rows: list[dict]) -> dict[tuple[str, str], str]:
     """(file, field) -> a `QUOTE`-character piece of a data row's field found in that file's text.
     Any common piece of 40 holds a piece of 20 that starts at a multiple of 20 in the field: look
@@ -247,8 +248,7 @@ def _tracked_texts() -> dict[str, str]:
             continue
         if name.endswith((".json", ".jsonl")):
             try:
-                lines = [text] if name.endswith(".json") else [line for line in text.splitlines() if line.strip()]
-                text += "\n" + "\n".join(s for line in lines for s in _strings(json.loads(line)))
+                text += "\n" + "\n".join(_json_strings(name, text))
             except json.JSONDecodeError:
                 pass
         texts[name] = text
