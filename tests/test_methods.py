@@ -182,6 +182,25 @@ def test_replay_keeps_a_frozen_selection_of_real_rows_and_replays_it(task_dir, t
     assert sorted(p.name for p in (tmp_path / "rehearsal").iterdir()) == ["reverse.jsonl"]
 
 
+def test_a_stage_interrupted_between_two_rehearsal_sets_builds_the_missing_one(task_dir, tiny_model_dir, tmp_path):
+    """Stage 0 rehearses every learnt task: after a crash between the first set's write and the
+    second's, the rerun keeps the first file and builds the second (the selection the seed gives)."""
+    method = _method(task_dir, tiny_model_dir, "replay", learnt=("reverse", "upper"), per_task=3, selection="random")
+    ctx, stage = _ctx(tmp_path), method.learnt_stage()
+    assert stage.tasks == ("reverse", "upper")
+    first = tmp_path / "rehearsal" / "reverse.jsonl"
+    first.parent.mkdir()
+    first.write_text('{"written": "before the crash"}\n')  # the first set, already on disk
+    assert method.pending_after(stage, ctx)
+    method.after_stage(stage, ctx)
+    assert first.read_text() == '{"written": "before the crash"}\n'
+    train = method.by_name["upper"].train
+    chosen = select([i.input for i in train], 3, "random", 7, n_clusters=1).indices  # seed 7: the tiny config's
+    assert [json.loads(line)["id"] for line in (tmp_path / "rehearsal" / "upper.jsonl").read_text().splitlines()] == [
+        train[i].id for i in chosen]
+    assert not method.pending_after(stage, ctx)
+
+
 def test_ssr_refuses_too_few_or_too_many_demonstrations_where_they_come_from(task_dir, tiny_model_dir):
     """Each rehearsed task (not the last) needs n_shots demonstrations; the error names the field
     the pool came from: the task's `demos` file, or `method.n_demos` of its train rows."""
@@ -260,6 +279,22 @@ def test_a_failed_quality_report_is_logged_and_does_not_stop_the_run(task_dir, t
         method.after_stage(method.plan()[0], _ctx(tmp_path))
     assert [r.getMessage() for r in caplog.records] == [
         f"task reverse: synthetic-data quality not computed (ValueError: no encoder); `ssr quality {tmp_path}` retries"]
+
+
+def test_ssr_reports_on_every_task_of_a_stage_that_has_candidates(task_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """Stage 0 rehearses two learnt tasks: a task without candidates (here the first: its file
+    was deleted) is skipped and the next one still gets its quality report."""
+    import ssr.methods.ssr as ssr_method
+
+    reported = []
+    monkeypatch.setattr(ssr_method, "ensure_quality", lambda task, *args, **kwargs: reported.append(task.name))
+    method = _method(task_dir, tiny_model_dir, "ssr", learnt=("reverse", "upper"))
+    for name in ("reverse", "upper"):
+        _candidates(tmp_path / "synthetic", name)
+        (tmp_path / "synthetic" / f"{name}.jsonl").write_text("")
+    (tmp_path / "synthetic" / "reverse.candidates.jsonl").unlink()
+    method.after_stage(method.learnt_stage(), _ctx(tmp_path))
+    assert reported == ["upper"]
 
 
 def test_ssr_refines_the_selected_inputs_with_the_latest_model_greedily(task_dir, tiny_model_dir, tmp_path):

@@ -101,6 +101,9 @@ def test_an_ablation_beside_an_ssr_run_parses_the_samples_that_run_stored(ssr_ru
     shutil.copytree(source_run, source)
     stored = source / "synthetic" / "generations" / "reverse.jsonl"
     header, *rows = read_jsonl(stored)
+    # the source's samples are stored under the engine that drew them: the config's model, hf, fp32
+    identity = header["identity"]
+    assert (identity["model"]["name"], identity["engine"], identity["dtype"]) == (raw["model"]["name"], "hf", "float32")
     rows = [{"samples": [[f"{MARK} {text}", reason] for text, reason in row["samples"]]} for row in rows]
     stored.write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]))
 
