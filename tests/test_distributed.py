@@ -147,7 +147,11 @@ def test_sequential_under_two_processes_is_the_one_process_run(task_dir, tiny_mo
     _assert_same_computation(one, tmp_path / "two", task_dir)
     log = (tmp_path / "two" / "run.log").read_text()
     assert "2 process(es)" in log and log.count("stage 0-base, task reverse: evaluating") == 1
+    messages = [line.split(" ", 2)[2] for line in log.splitlines() if line[:2] == "20"]  # past the date and time
+    assert len(messages) == len(set(messages)), "the main process alone writes run.log: no line twice"
     assert json.loads((tmp_path / "two" / "results.json").read_text())["processes"] == 2
+    steps = lambda run_dir: [json.loads(line)["step"] for line in (run_dir / "timings.jsonl").read_text().splitlines()]  # noqa: E731
+    assert steps(tmp_path / "two") == steps(one), "the main process alone records each step's time, once"
 
 
 def test_ssr_under_two_processes_killed_in_training_reruns_to_the_one_process_run(task_dir, tiny_model_dir,

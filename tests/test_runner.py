@@ -454,6 +454,9 @@ def test_a_gguf_model_is_read_from_its_conversion_in_model_cache_dir(task_dir, t
     raw["model"].update(name=str(gguf), cache_dir=str(cache), dtype="float32")
     cfg = load_config(None, raw=raw)
     prepare_caches(cfg)
+    tiny = load_base_model(str(tiny_model_dir))  # the hf loader reads the conversion too
+    loaded = ModelState(cfg, tmp_path / "run").base()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny.state_dict().values()))
     asked = []
     monkeypatch.setattr(ssr.engines.vllm, "get_engine", lambda spec: asked.append(spec) or "the engine")
     assert ModelState(cfg, tmp_path / "run").engine() == "the engine"
@@ -567,6 +570,32 @@ def test_theta0_writes_after_an_adapter_was_merged_into_the_weights(tiny_model_d
     base = load_base_model(str(tiny_model_dir)).eval()
     with torch.no_grad():
         torch.testing.assert_close(written_by, base(ids).logits)
+
+
+def test_the_base_model_is_read_once_and_again_only_after_a_merge(tiny_model_dir, new_adapter_run, monkeypatch):
+    """ModelState reads θ(0) from disk once; merging stage 1's adapter into the weights (stage 2 of
+    `train.adapter: new`) makes the next θ(0) a fresh read, equal to the model on disk; loading an
+    adapter onto that fresh copy changes nothing that needs another read."""
+    from ssr.runner import ModelState, prepare, resolve_settings
+
+    raw, out, _ = new_adapter_run
+    cfg = resolve_settings(load_config(None, raw=raw))
+    _, method = prepare(cfg)
+    first, second = method.plan()
+    reads, real_read = [], ssr.runner.load_base_model
+    monkeypatch.setattr(ssr.runner, "load_base_model", lambda *args, **kwargs: reads.append(1) or real_read(*args, **kwargs))
+    models = ModelState(cfg, out)
+    models.base()
+    models.base()
+    assert len(reads) == 1
+    models.start_stage(second, [first])  # stage 1's adapter merged into the loaded weights
+    assert len(reads) == 1
+    on_disk = load_base_model(str(tiny_model_dir)).state_dict()
+    theta0 = models.base().state_dict()
+    assert len(reads) == 2 and all(torch.equal(theta0[k], v) for k, v in on_disk.items())
+    models.load_after(first, [])  # stage 1's adapter on the fresh copy, not merged
+    models.base()
+    assert len(reads) == 2
 
 
 def test_a_new_adapter_run_resumed_at_stage_3_starts_from_both_earlier_stages_merged(task_dir, tiny_model_dir,
