@@ -234,6 +234,8 @@ def test_icl_model_is_the_base_model_and_stage_generators_serve_each_stage(task_
         assert generator.generate(prompts, params) == fresh_base
     assert ctx.generator_after(plan[0]).generate(prompts, params) == tuned
     assert ctx.generator_after(BASE_STAGE).generate(prompts, params) == fresh_base
+    # in batches of the size asked for (SSR's method.batch_size), else the evaluation's
+    assert (ctx.generator_after(plan[0], 3).batch_size, ctx.generator_after(plan[0]).batch_size) == (3, cfg.eval.batch_size)
 
 
 def test_a_run_saved_before_new_config_keys_resumes(task_dir, tiny_model_dir, tmp_path):
