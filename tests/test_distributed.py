@@ -150,7 +150,7 @@ def test_sequential_under_two_processes_is_the_one_process_run(task_dir, tiny_mo
     messages = [line.split(" ", 2)[2] for line in log.splitlines() if line[:2] == "20"]  # past the date and time
     assert len(messages) == len(set(messages)), "the main process alone writes run.log: no line twice"
     assert json.loads((tmp_path / "two" / "results.json").read_text())["processes"] == 2
-    steps = lambda run_dir: [json.loads(line)["step"] for line in (run_dir / "timings.jsonl").read_text().splitlines()]  # noqa: E731
+    steps = lambda run_dir: [row["step"] for row in read_jsonl(run_dir / "timings.jsonl")]  # noqa: E731
     assert steps(tmp_path / "two") == steps(one), "the main process alone records each step's time, once"
 
 
