@@ -659,6 +659,38 @@ def test_which_stages_the_vllm_engine_serves(task_dir, tiny_model_dir, tmp_path,
     assert state._vllm_serves(stages[stage], [stages[s] for s in before.split(",") if s]) is serves
 
 
+def test_a_lora_engine_leaves_a_chain_of_merged_adapters_to_the_hf_backend(task_dir, tiny_model_dir, tmp_path):
+    """`train.adapter: new` under a `lora` engine: stage 2's weights are θ(0) + stage 1's adapter
+    merged + stage 2's adapter, which one adapter per request cannot express. Stage 2's generator
+    answers as those weights do, merged by hand with PEFT (greedy, token by token)."""
+    from ssr.generation import SamplingParams
+    from ssr.methods.base import Stage
+    from ssr.models.lora import LoraSettings, attach_lora, save_adapter
+    from ssr.runner import ModelState
+
+    raw = tiny_config(task_dir, tiny_model_dir, "sequential", tasks=("reverse", "upper"), backend="vllm")
+    raw["train"]["adapter"], raw["generation"]["vllm_adapters"] = "new", "lora"
+    state = ModelState(load_config(None, raw=raw), tmp_path)
+    for seed, stage in enumerate(("1-reverse", "2-upper")):
+        model = attach_lora(load_base_model(str(tiny_model_dir)), LoraSettings(r=4, alpha=16, dropout=0.0), seed=seed)
+        with torch.no_grad():  # B far from zero, so that each adapter changes the answers
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed * 1000 + len(name)))
+        save_adapter(model, tmp_path / "stages" / stage / "adapter")
+    prompts = [state.tokenizer(t)["input_ids"] for t in ("abc", "Input: hello\nOutput:")]
+    got = state.stage_generator(Stage(2, "2-upper", ("upper",)), [Stage(1, "1-reverse", ("reverse",))]).generate(
+        prompts, SamplingParams(max_new_tokens=5))
+
+    model = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(tmp_path / "stages" / "1-reverse" / "adapter"))
+    model = PeftModel.from_pretrained(model.merge_and_unload(), str(tmp_path / "stages" / "2-upper" / "adapter")).eval()
+    with torch.no_grad():
+        expected = [state.tokenizer.decode(model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                                          do_sample=False, max_new_tokens=5)[0, len(p):], skip_special_tokens=True)
+                    for p in prompts]
+    assert [row[0] for row in got] == expected
+
+
 def test_resolving_the_settings_leaves_the_caller_s_config_as_written(task_dir, tiny_model_dir):
     """The run directory records the concrete backend, but the config a caller passed (a sweep
     plans many runs from one) keeps `auto`: on another machine it may resolve otherwise."""
