@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,9 +140,16 @@ def _assert_same_computation(one: Path, two: Path, task_dir: Path) -> None:
 
 
 def test_sequential_under_two_processes_is_the_one_process_run(task_dir, tiny_model_dir, tmp_path):
-    proc = _launch(_config(task_dir, tiny_model_dir, "sequential", 2), tmp_path / "two.yaml", tmp_path / "two")
+    """With a new adapter per stage (`train.adapter: new`; the SSR test below keeps one adapter).
+    Then the same launch again after a crash between stage 2's training and its evaluation (its
+    adapter saved, no predictions yet): the processes load stage 1's adapter merged under stage
+    2's from disk, and evaluate as the one-process run did."""
+    configs = {n: _config(task_dir, tiny_model_dir, "sequential", n) for n in (1, 2)}
+    for config in configs.values():
+        config["train"]["adapter"] = "new"
+    proc = _launch(configs[2], tmp_path / "two.yaml", tmp_path / "two")
     one = tmp_path / "one"
-    _one_process_run(_config(task_dir, tiny_model_dir, "sequential", 1), one)
+    _one_process_run(configs[1], one)
     printed = _finish(proc)
     assert printed.count("AR ") == 1, "the main process prints the results, once"
     _assert_same_computation(one, tmp_path / "two", task_dir)
@@ -152,6 +160,12 @@ def test_sequential_under_two_processes_is_the_one_process_run(task_dir, tiny_mo
     assert json.loads((tmp_path / "two" / "results.json").read_text())["processes"] == 2
     steps = lambda run_dir: [row["step"] for row in read_jsonl(run_dir / "timings.jsonl")]  # noqa: E731
     assert steps(tmp_path / "two") == steps(one), "the main process alone records each step's time, once"
+
+    shutil.rmtree(tmp_path / "two" / "stages" / "2-upper" / "predictions")  # what the crash left
+    (tmp_path / "two" / "results.json").unlink()
+    _finish(_launch(configs[2], tmp_path / "two.yaml", tmp_path / "two"))
+    assert sorted(p.name for p in (tmp_path / "two" / "stages" / "2-upper" / "predictions").iterdir()) == ["reverse.jsonl", "upper.jsonl"]
+    _assert_same_computation(one, tmp_path / "two", task_dir)
 
 
 def test_ssr_under_two_processes_killed_in_training_reruns_to_the_one_process_run(task_dir, tiny_model_dir,
