@@ -19,6 +19,7 @@ def test_defaults_follow_the_paper():
     # the release's lengths: 512 new tokens when evaluating, 2048 tokens per synthesis sample
     assert (cfg.eval.max_new_tokens, cfg.method.synth_max_length, cfg.method.synth_max_new_tokens) == (512, 2048, None)
     assert (cfg.eval.scorer, cfg.method.embedding_pooling) == ("superni", "mean")
+    assert cfg.train.group_by_length is True  # README: length-grouped batches unless switched off
 
 
 def test_unknown_key_is_named():

@@ -117,6 +117,16 @@ def _synthesize(model_dir, tokenizer_dir, context_length=512, eos_logit=None, **
     return synthesize(task, demos, generator, tok, context_length, cfg, seed=0)
 
 
+def test_an_empty_generation_has_no_instance_and_a_repeated_one_is_a_duplicate(tiny_model_dir):
+    """A generation that parses to no instance is one `no_instance` candidate; a generation equal
+    to an earlier one, of any prompt, is a `duplicate_continuation`, not parsed again. With EOS
+    certain at once every generation is the empty text: 8 prompts x 2 samples."""
+    candidates, stats, _ = _synthesize(tiny_model_dir, tiny_model_dir, eos_logit=1e4)
+    assert [c["verdict"] for c in candidates] == ["no_instance"] + ["duplicate_continuation"] * 15
+    assert all(c["continuation"] == "" and c["input"] is None and not c["selected"] for c in candidates)
+    assert stats["generations"] == 16 and stats.get("verdict_kept", 0) == 0
+
+
 def test_the_cut_last_chunk_of_a_generation_ended_by_length_is_truncated_and_never_kept(tiny_model_dir, stopping_model_dir):
     candidates, stats, _ = _synthesize(stopping_model_dir, tiny_model_dir, synth_max_new_tokens=12)
     by_generation: dict = {}
