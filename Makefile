@@ -60,7 +60,7 @@ bench-quick: install
 # `make test`): kill rates per module into BENCHMARKS.md. `make mutation MODULES=selection,evaluation`
 # for some modules, WORKERS=2 on an otherwise idle machine; results are cached under
 # runs/mutation, so a rerun resumes.
-MODULES ?= selection,evaluation,synthesis,statistics,data,config,training,methods,runner
+MODULES ?= selection,evaluation,synthesis,pipeline,statistics,data,config,training,methods,runner
 WORKERS ?= 1
 mutation: install
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install -q -e ".[mutation]"
