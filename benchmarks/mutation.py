@@ -71,9 +71,11 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                      "tests/test_synthesis_reuse.py::test_the_key_is_a_sha256_of_a_canonical_form",
                      "tests/test_synthesis_reuse.py::test_samples_are_stored_and_read_back_only_under_the_same_key"], None),
     # SSR's synthesis pipeline: candidates from the ICL model's generations, their verdicts, the
-    # selection and the rehearsal rows (its tests run the tiny model, seconds each)
+    # selection (tests on the tiny model, seconds each), refinement and the rehearsal rows (whole
+    # tiny SSR runs: the promise tests and the methods' own)
     "pipeline": (["src/ssr/synthesis/pipeline.py"], [f"tests/test_{t}.py" for t in (
-        "synthesis", "open_domain", "screen", "sampling_settings", "synthesis_text", "selection")], None),
+        "synthesis", "open_domain", "screen", "sampling_settings", "synthesis_text", "selection", "ssr_promises",
+        "methods")], None),
     # the sweep's and the report's statistics (not their plotting and file handling)
     "statistics": (["src/ssr/report.py", "src/ssr/sweep.py"], ["tests/test_summaries.py"],
                    ["ssr.sweep.x_summarize__*", "ssr.sweep.x_format_mean_std__*", "ssr.sweep.x_summary_table__*",
