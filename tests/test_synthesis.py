@@ -117,6 +117,26 @@ def _synthesize(model_dir, tokenizer_dir, context_length=512, eos_logit=None, **
     return synthesize(task, demos, generator, tok, context_length, cfg, seed=0)
 
 
+def test_synthesis_counts_are_those_of_its_candidates_and_logged_once(tiny_model_dir, stopping_model_dir, caplog):
+    """The counts synthesis returns (written to synthetic/<task>.stats.json), counted here from its
+    candidates: all of them, the kept ones without an output (refinement writes those), the
+    selected ones; its time in seconds to one decimal, within the call's; one log line shows them."""
+    import logging
+    import time
+
+    started = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="ssr"):
+        candidates, stats, _ = _synthesize(stopping_model_dir, tiny_model_dir, synth_max_new_tokens=12)
+    wall = time.perf_counter() - started
+    assert stats["candidates"] == len(candidates) > 0
+    assert stats["input_only_kept"] == sum(c["verdict"] == "kept" and not c["base_output"] for c in candidates)
+    assert stats["selected"] == sum(c["selected"] for c in candidates) > 0
+    for verdict in {c["verdict"] for c in candidates}:
+        assert stats[f"verdict_{verdict}"] == sum(c["verdict"] == verdict for c in candidates)
+    assert isinstance(stats["seconds"], float) and 0 < stats["seconds"] <= wall and stats["seconds"] == round(stats["seconds"], 1)
+    assert [m for m in caplog.messages if "synthesis" in m] == [f"task t: synthesis {stats}"]
+
+
 def test_an_empty_generation_has_no_instance_and_a_repeated_one_is_a_duplicate(tiny_model_dir):
     """A generation that parses to no instance is one `no_instance` candidate; a generation equal
     to an earlier one, of any prompt, is a `duplicate_continuation`, not parsed again. With EOS
