@@ -133,7 +133,8 @@ def test_synthesis_counts_are_those_of_its_candidates_and_logged_once(tiny_model
     assert stats["selected"] == sum(c["selected"] for c in candidates) > 0
     for verdict in {c["verdict"] for c in candidates}:
         assert stats[f"verdict_{verdict}"] == sum(c["verdict"] == verdict for c in candidates)
-    assert isinstance(stats["seconds"], float) and 0 < stats["seconds"] <= wall and stats["seconds"] == round(stats["seconds"], 1)
+    # the call's own time, rounded to one decimal (so within 0.05 s of a time inside the wall time around it)
+    assert isinstance(stats["seconds"], float) and 0 <= stats["seconds"] <= wall + 0.05 and stats["seconds"] == round(stats["seconds"], 1)
     assert [m for m in caplog.messages if "synthesis" in m] == [f"task t: synthesis {stats}"]
 
 
