@@ -99,7 +99,7 @@ def test_filter_verdicts_at_their_bounds():
     assert [c["verdict"] for c in cands][5:7] == ["kept", "kept"]
 
 
-def _synthesize(model_dir, tokenizer_dir, context_length=512, eos_logit=None, **opts):
+def _synthesize(model_dir, tokenizer_dir, context_length=512, eos_logit=None, seed=0, **opts):
     from conftest import rewire_eos_rate
     from ssr.generation import HFGenerator
     from ssr.models import load_base_model, load_tokenizer
@@ -114,7 +114,7 @@ def _synthesize(model_dir, tokenizer_dir, context_length=512, eos_logit=None, **
     task = Task("t", "Reverse the words.", train=demos * 10, demos=demos)
     cfg = MethodConfig(name="ssr", max_prompts=8, samples_per_prompt=2, selection="random", per_task=50, **opts)
     generator = HFGenerator(model, tok, 16, show_progress=False)
-    return synthesize(task, demos, generator, tok, context_length, cfg, seed=0)
+    return synthesize(task, demos, generator, tok, context_length, cfg, seed=seed)
 
 
 def test_synthesis_counts_are_those_of_its_candidates_and_logged_once(tiny_model_dir, stopping_model_dir, caplog):
@@ -136,6 +136,14 @@ def test_synthesis_counts_are_those_of_its_candidates_and_logged_once(tiny_model
     # the call's own time, rounded to one decimal (so within 0.05 s of a time inside the wall time around it)
     assert isinstance(stats["seconds"], float) and 0 <= stats["seconds"] <= wall + 0.05 and stats["seconds"] == round(stats["seconds"], 1)
     assert [m for m in caplog.messages if "synthesis" in m] == [f"task t: synthesis {stats}"]
+
+
+def test_synthesis_is_reproducible_from_its_seed(tiny_model_dir, stopping_model_dir):
+    """The seed picks the ICL prompts (a seeded sample of the demo tuples) and seeds the sampler:
+    the same seed twice gives the same prompts and generations, another seed other prompts."""
+    first, again, other = (_synthesize(stopping_model_dir, tiny_model_dir, seed=s, synth_max_new_tokens=12) for s in (5, 5, 0))
+    assert [p.text for p in first[2]] == [p.text for p in again[2]] != [p.text for p in other[2]]
+    assert [c["continuation"] for c in first[0]] == [c["continuation"] for c in again[0]]
 
 
 def test_an_empty_generation_has_no_instance_and_a_repeated_one_is_a_duplicate(tiny_model_dir):
