@@ -132,6 +132,25 @@ def tiny_config(task_dir: Path, model_dir: Path, method: str = "sequential", tas
     }
 
 
+def save_perturbed_lora(model_dir: Path, path: Path, r: int, alpha: int, seed: int, noise_seed: int = 0) -> Path:
+    """A LoRA adapter on the model in `model_dir` whose B matrices are far from zero (N(0, 0.5),
+    seeded per matrix by `noise_seed` + the length of its name), so it visibly changes the answers;
+    saved in `path`."""
+    import torch
+
+    from ssr.config import LoraSettings
+    from ssr.models import load_base_model
+    from ssr.models.lora import attach_lora, save_adapter
+
+    model = attach_lora(load_base_model(str(model_dir)), LoraSettings(r=r, alpha=alpha, dropout=0.0), seed=seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(noise_seed + len(name)))
+    save_adapter(model, path)
+    return path
+
+
 def rewire_eos_rate(model, eos_id: int, eos_logit: float) -> None:
     """Give EOS a logit of about `eos_logit` at every step, whatever the context.
 

@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 
 import ssr.runner
-from conftest import greedy_raw_by_hand, tiny_config
+from conftest import greedy_raw_by_hand, save_perturbed_lora, tiny_config
 from ssr.config import load_config
 from ssr.errors import RunDirError
 from ssr.evaluation import continual_metrics, score_predictions
@@ -665,19 +665,13 @@ def test_a_lora_engine_leaves_a_chain_of_merged_adapters_to_the_hf_backend(task_
     answers as those weights do, merged by hand with PEFT (greedy, token by token)."""
     from ssr.generation import SamplingParams
     from ssr.methods.base import Stage
-    from ssr.models.lora import LoraSettings, attach_lora, save_adapter
     from ssr.runner import ModelState
 
     raw = tiny_config(task_dir, tiny_model_dir, "sequential", tasks=("reverse", "upper"), backend="vllm")
     raw["train"]["adapter"], raw["generation"]["vllm_adapters"] = "new", "lora"
     state = ModelState(load_config(None, raw=raw), tmp_path)
     for seed, stage in enumerate(("1-reverse", "2-upper")):
-        model = attach_lora(load_base_model(str(tiny_model_dir)), LoraSettings(r=4, alpha=16, dropout=0.0), seed=seed)
-        with torch.no_grad():  # B far from zero, so that each adapter changes the answers
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed * 1000 + len(name)))
-        save_adapter(model, tmp_path / "stages" / stage / "adapter")
+        save_perturbed_lora(tiny_model_dir, tmp_path / "stages" / stage / "adapter", r=4, alpha=16, seed=seed, noise_seed=seed * 1000)
     prompts = [state.tokenizer(t)["input_ids"] for t in ("abc", "Input: hello\nOutput:")]
     got = state.stage_generator(Stage(2, "2-upper", ("upper",)), [Stage(1, "1-reverse", ("reverse",))]).generate(
         prompts, SamplingParams(max_new_tokens=5))

