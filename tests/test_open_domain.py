@@ -72,6 +72,24 @@ def test_an_instruction_written_alone_is_a_candidate_only_when_asked():
     assert [p.verdict for p in parse_open_domain(text)] == ["malformed", "malformed", "malformed"]  # the release's rule
 
 
+def test_synthesis_parses_each_task_kind_with_its_own_parser():
+    """An open-domain task's continuations are parsed into instructions; one written alone is a
+    candidate (for refinement to answer) unless input-only candidates or refinement are off. A
+    closed-domain task's are parsed into inputs and outputs under its definition."""
+    from ssr.synthesis.pipeline import continuation_parser
+
+    text = " Name a fruit.\n\nInstruction: Sort the words.\nInput: b a\nOutput: a b\n\nInstruction:"
+    general = Task("general", "(open)", open_domain=True)
+    parsed = lambda cfg: [(p.instruction, p.input, p.output, p.verdict)  # noqa: E731
+                          for p in continuation_parser(general, cfg)(text, complete=True)]
+    assert parsed(MethodConfig(name="ssr")) == [("Name a fruit.", "", None, None), ("Sort the words.", "b a", "a b", None)]
+    for cfg in (MethodConfig(name="ssr", keep_input_only=False), MethodConfig(name="ssr", refine=False)):
+        assert parsed(cfg) == [("Name a fruit.", "", None, "malformed"), ("Sort the words.", "b a", "a b", None)]
+    closed = continuation_parser(Task("t", "Reverse the words."), MethodConfig(name="ssr"))
+    assert [(p.instruction, p.input, p.output) for p in closed(" b a\nOutput: a b\n\nInput: d c", complete=False)] == [
+        (None, "b a", "a b"), (None, "d c", None)]
+
+
 class _WordTokenizer:
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": list(range(len(text.split())))}

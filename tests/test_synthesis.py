@@ -152,7 +152,9 @@ def test_an_empty_generation_has_no_instance_and_a_repeated_one_is_a_duplicate(t
     certain at once every generation is the empty text: 8 prompts x 2 samples."""
     candidates, stats, _ = _synthesize(tiny_model_dir, tiny_model_dir, eos_logit=1e4)
     assert [c["verdict"] for c in candidates] == ["no_instance"] + ["duplicate_continuation"] * 15
-    assert all(c["continuation"] == "" and c["input"] is None and not c["selected"] for c in candidates)
+    assert all(c["continuation"] == "" and c["input"] is None and c["base_output"] is None and not c["selected"]
+               for c in candidates)
+    assert [c["candidate_id"] for c in candidates] == list(range(16))  # numbered in order, as rehearsal rows cite them
     assert stats["generations"] == 16 and stats.get("verdict_kept", 0) == 0
 
 
@@ -182,3 +184,126 @@ def test_generation_length_follows_the_context_rule(tiny_model_dir):
     # prompts with no room left are skipped: by synth_max_length, or by the context window
     assert _synthesize(tiny_model_dir, tiny_model_dir, synth_max_length=20)[1]["prompts_skipped_too_long"] == 8
     assert _synthesize(tiny_model_dir, tiny_model_dir, context_length=20)[1]["prompts_skipped_too_long"] == 8
+
+
+class _Recorder:
+    """The real generator, recording what it is asked: a spy that answers as the generator does."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def generate(self, prompts, params, desc="generate"):
+        self.calls.append((prompts, params))
+        return self.inner.generate(prompts, params, desc=desc)
+
+
+REVERSE_DEMOS = [Instance(f"d{i}", f"apple river {w}", f"{w} river apple", "Reverse the words.")
+                 for i, w in enumerate(("stone", "cloud", "green", "seventeen"))]
+
+
+def _icl_text_by_hand(demo_ids, with_outputs: bool) -> str:
+    by_id = {d.id: d for d in REVERSE_DEMOS}
+    shots = [f"Input: {by_id[i].input}\nOutput: {by_id[i].output}" if with_outputs else f"Input: {by_id[i].input}"
+             for i in demo_ids]
+    return "Reverse the words.\n\n" + "\n\n".join(shots) + "\n\nInput:"
+
+
+@pytest.mark.parametrize("with_outputs", [True, False])
+def test_the_base_model_is_asked_every_prompt_that_fits_encoded_with_its_special_tokens(tiny_model_dir, with_outputs):
+    """Each ICL prompt is the definition, the demonstrations (`method.demo_outputs`: with their
+    outputs or inputs only) and `Input:`, encoded as the tokenizer encodes a text, special tokens
+    included (here a tokenizer that puts <s> first, as Llama's does). A prompt of
+    `synth_max_length` tokens or more has no room left and is skipped (a bound set here to the
+    longest prompt's length); the sampler gets that bound on prompt + continuation, the new-token
+    cap and `ignore_eos`."""
+    from tokenizers import processors
+
+    from ssr.generation import HFGenerator
+    from ssr.models import load_base_model, load_tokenizer
+    from ssr.synthesis.pipeline import generate_candidates
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    pairs = [(a.id, b.id) for a in REVERSE_DEMOS for b in REVERSE_DEMOS if a is not b]  # every ordered pair: 12 prompts
+    by_hand = {p: [tok.bos_token_id] + tok(_icl_text_by_hand(p, with_outputs), add_special_tokens=False)["input_ids"]
+               for p in pairs}
+    longest = max(len(ids) for ids in by_hand.values())
+    fitting = [p for p in pairs if len(by_hand[p]) < longest]
+    assert 0 < len(fitting) < len(pairs)  # the bound really skips some prompts and keeps others
+    task = Task("t", "Reverse the words.", train=REVERSE_DEMOS, demos=REVERSE_DEMOS)
+    cfg = MethodConfig(name="ssr", samples_per_prompt=1, synth_max_length=longest, synth_max_new_tokens=8,
+                       ignore_eos=True, demo_outputs=with_outputs)
+    generator = _Recorder(HFGenerator(load_base_model(str(tiny_model_dir)), tok, 16, show_progress=False))
+    candidates, stats, prompts = generate_candidates(task, REVERSE_DEMOS, generator, tok, 512, cfg, seed=3)
+    assert [p.demo_ids for p in prompts] == pairs and [p.text for p in prompts] == [_icl_text_by_hand(p, with_outputs) for p in pairs]
+    ((asked, params),) = generator.calls
+    assert asked == [by_hand[p] for p in fitting]
+    assert (params.max_total_tokens, params.max_new_tokens, params.ignore_eos) == (longest, 8, True)
+    assert stats["prompts"] == 12 and stats["prompts_skipped_too_long"] == 12 - len(fitting)
+    assert stats["generations"] == len(fitting) and {c["prompt_id"] for c in candidates} == {pairs.index(p) for p in fitting}
+
+
+def test_rehearsal_rows_carry_the_refined_output_and_their_candidates_provenance():
+    from ssr.synthesis.pipeline import rehearsal_rows
+
+    task = Task("rev", "Reverse the words.", train=[], demos=DEMOS)
+    selected = [
+        {"candidate_id": 7, "prompt_id": 2, "demo_ids": ["d0", "d3"], "input": "a b", "base_output": "b a x", "verdict": "kept"},
+        {"candidate_id": 9, "prompt_id": 4, "demo_ids": ["d1", "d2"], "input": "c d", "base_output": None, "verdict": "kept"},
+    ]
+    common = {"task": "rev", "source": "synthetic", "definition": "Reverse the words."}
+    assert rehearsal_rows(task, selected, ["b a", "d c"], refined=True) == [
+        {**common, "id": "rev-syn-7", "input": "a b", "output": "b a", "base_output": "b a x", "refined": True,
+         "candidate_id": 7, "prompt_id": 2, "demo_ids": ["d0", "d3"]},
+        {**common, "id": "rev-syn-9", "input": "c d", "output": "d c", "base_output": None, "refined": True,
+         "candidate_id": 9, "prompt_id": 4, "demo_ids": ["d1", "d2"]},
+    ]
+
+
+def _spy_on_selection(monkeypatch) -> list[tuple[tuple, dict]]:
+    """Record what `select` is handed (the real `select` still selects)."""
+    import ssr.synthesis.pipeline as pipeline
+
+    calls, real = [], pipeline.select
+    monkeypatch.setattr(pipeline, "select", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
+    return calls
+
+
+def _kept(texts: list[tuple[str | None, str]]) -> list[dict]:
+    return [{"candidate_id": k, **({"instruction": i} if i is not None else {}), "input": x, "base_output": "y",
+             "verdict": "kept"} for k, (i, x) in enumerate(texts)]
+
+
+def test_selection_is_handed_the_methods_settings_and_the_texts_to_embed(monkeypatch):
+    """The size (`per_task`, else `ratio` x the training size), the embedding model and pooling,
+    the cluster rule, and the texts: the kept inputs (a closed-domain task) or each candidate's
+    query, its instruction and input (open-domain); with `kmeans_fit: demos` K-means is fit on
+    the demonstrations' inputs or queries. Random selection here, so that no encoder loads."""
+    from ssr.synthesis.pipeline import select_candidates
+
+    calls = _spy_on_selection(monkeypatch)
+    demos = [Instance("d0", "p q", "y", "Say it."), Instance("d1", "", "y", "Name one.")]
+    settings = dict(name="ssr", selection="random", embedding_model="my-encoder", embedding_pooling="cls",
+                    cluster_quota="one", n_clusters=3, kmeans_fit="demos")
+    closed = _kept([(None, f"x{i}") for i in range(8)]) + [{"candidate_id": 8, "input": "z", "verdict": "duplicate"}]
+    assert select_candidates(closed, demos, 10, MethodConfig(**settings, per_task=2), seed=0) == 2
+    assert select_candidates(closed, demos, 10, MethodConfig(**settings, ratio=0.5), seed=0) == 5
+    opened = _kept([("Say it.", "a b"), ("Name one.", "")])
+    select_candidates(opened, demos, 10, MethodConfig(**settings, per_task=1), seed=0)
+    (texts, k2, *_), kw = calls[0]
+    assert texts == [f"x{i}" for i in range(8)] and k2 == 2 and calls[1][0][1] == 5
+    assert {key: kw[key] for key in ("embedding_model", "embedding_pooling", "one_per_cluster", "n_clusters", "fit_texts")} == {
+        "embedding_model": "my-encoder", "embedding_pooling": "cls", "one_per_cluster": True, "n_clusters": 3,
+        "fit_texts": ["p q", ""]}
+    (texts, _, *_), kw = calls[2]
+    assert texts == ["Say it.\n\na b", "Name one."] and kw["fit_texts"] == ["Say it.\n\np q", "Name one."]
+    select_candidates(closed, demos, 10, MethodConfig(name="ssr", selection="random", per_task=2), seed=0)
+    assert calls[3][1]["fit_texts"] is None and calls[3][1]["one_per_cluster"] is False  # fit on the candidates, quotas
+
+
+def test_synthesis_fits_k_means_on_the_demonstrations_it_prompted_with(tiny_model_dir, stopping_model_dir, monkeypatch):
+    calls = _spy_on_selection(monkeypatch)
+    candidates, _, _ = _synthesize(stopping_model_dir, tiny_model_dir, synth_max_new_tokens=12, kmeans_fit="demos")
+    ((texts, *_), kw), = calls
+    assert texts == [c["input"] for c in candidates if c["verdict"] == "kept"] and texts
+    assert kw["fit_texts"] == ["apple river stone", "apple river cloud", "apple river green", "apple river seven"]

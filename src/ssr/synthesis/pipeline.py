@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
-
 
 from ssr.config import MethodConfig
 from ssr.data.task import Instance, Task, training_row
@@ -25,7 +25,7 @@ from ssr.evaluation import greedy_outputs
 from ssr.generation import Generator, SamplingParams
 from ssr.models.templates import PromptTemplate, query_text
 from ssr.selection import select, target_size
-from ssr.synthesis.parser import parse_continuation, parse_open_domain
+from ssr.synthesis.parser import ParsedInstance, parse_continuation, parse_open_domain
 from ssr.synthesis.prompts import IclPrompt, build_icl_prompts
 from ssr.synthesis.screen import Screener, build_screener
 
@@ -46,8 +46,7 @@ def generate_candidates(
     """
     prompts = build_icl_prompts(task.definition, demos, cfg.n_shots, cfg.max_prompts, cfg.demo_outputs, seed,
                                 open_domain=task.open_domain)
-    # an instruction written alone is worth keeping only where refinement will answer it
-    parse = partial(parse_open_domain, instruction_only=keeps_outputless(cfg)) if task.open_domain else parse_continuation
+    parse = continuation_parser(task, cfg)
     stats: Counter = Counter(prompts=len(prompts))
     max_total = min(cfg.synth_max_length, context_length)
     encoded, usable = [], []
@@ -86,6 +85,15 @@ def generate_candidates(
     for i, c in enumerate(candidates):
         c["candidate_id"] = i
     return candidates, stats, prompts
+
+
+def continuation_parser(task: Task, cfg: MethodConfig) -> Callable[..., list[ParsedInstance]]:
+    """How the base model's continuations of `task`'s ICL prompts are parsed (`parser(text,
+    complete=...)`): open-domain ones into instructions with their inputs and outputs, where an
+    instruction written alone is a candidate only if refinement will answer it."""
+    if task.open_domain:
+        return partial(parse_open_domain, instruction_only=keeps_outputless(cfg))
+    return parse_continuation
 
 
 def keeps_outputless(cfg: MethodConfig) -> bool:
