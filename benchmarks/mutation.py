@@ -72,10 +72,10 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                      "tests/test_synthesis_reuse.py::test_samples_are_stored_and_read_back_only_under_the_same_key"], None),
     # SSR's synthesis pipeline: candidates from the ICL model's generations, their verdicts, the
     # selection (tests on the tiny model, seconds each), refinement and the rehearsal rows (whole
-    # tiny SSR runs: the promise tests and the methods' own)
+    # tiny SSR runs: the promise tests and the methods' own; open-domain synthesis: test_general)
     "pipeline": (["src/ssr/synthesis/pipeline.py"], [f"tests/test_{t}.py" for t in (
         "synthesis", "open_domain", "screen", "sampling_settings", "synthesis_text", "selection", "ssr_promises",
-        "methods")], None),
+        "methods", "general")], None),
     # the sweep's and the report's statistics (not their plotting and file handling)
     "statistics": (["src/ssr/report.py", "src/ssr/sweep.py"], ["tests/test_summaries.py"],
                    ["ssr.sweep.x_summarize__*", "ssr.sweep.x_format_mean_std__*", "ssr.sweep.x_summary_table__*",
@@ -320,26 +320,31 @@ def run_module(module: str, rerun_survivors: bool = False, workers: int = 1) -> 
     env = _test_env(PYTHONPATH="", OMP_NUM_THREADS="1")
     started, load_before = time.time(), os.getloadavg()
     nice = ["nice", "-n", str(15 - os.nice(0))] if os.nice(0) < 15 else []  # niceness 15 on the shared machine
-    # the survivors in scope, equivalents aside (tally's list), and the mutants of functions no
-    # selected test called (a new test may call them now); else every mutant of the module's functions
-    if rerun_survivors:  # and the mutants not judged yet (new ones, of a function changed since)
+    # the module's functions (mutmut, named nothing, judges only the mutants with no verdict yet)
+    patterns = MODULES[module][2] or []
+    if rerun_survivors:  # the survivors in scope, equivalents aside (tally's list), the mutants of
+        # functions no selected test called (a new test may call them now), and those not judged yet.
         # mutmut maps tests to the functions they call once and then only maps new tests: a test
         # that changed since (e.g. one that was skipped then) would not be run against the
         # mutants it now reaches. Dropping the map makes mutmut trace every test afresh.
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         judged = tally(module, work)
-        patterns = judged["survived"] + [f"{f}__mutmut_*" for f in judged["untested_functions"]]
-        patterns += judged["unjudged"]
-    else:
-        patterns = MODULES[module][2] or []
-    returncode = 0
-    if patterns or not rerun_survivors:  # no survivor to judge again: no run (mutmut would run everything)
-        try:
-            with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
-                returncode = subprocess.run([*nice, str(MUTMUT), "run", "--max-children", str(workers), *patterns],
-                                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        finally:  # also on Ctrl-C: what was judged so far goes to the committed cache
-            save_cache(module)
+        patterns = judged["survived"] + [f"{f}__mutmut_*" for f in judged["untested_functions"]] + judged["unjudged"] or patterns
+
+    def mutmut(names: list[str], log) -> int:
+        return subprocess.run([*nice, str(MUTMUT), "run", "--max-children", str(workers), *names],
+                              cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
+    try:
+        with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
+            returncode = mutmut(patterns, log)
+            # mutmut writes the mutants of a function changed since the last run only as a run
+            # starts, so they were in no list above: judge them now
+            new = tally(module, work)["unjudged"] if rerun_survivors and returncode == 0 else []
+            if new:
+                returncode = mutmut(new, log)
+    finally:  # also on Ctrl-C: what was judged so far goes to the committed cache
+        save_cache(module)
     wall = time.time() - started
     return {**tally(module, work), "wall_min": round(wall / 60, 1), "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()], "returncode": returncode,
