@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,10 +34,10 @@ def harness(tmp_path_factory):
     return {"work": work, "config": config, "reference": kill_harness.run_files(reference)}
 
 
-def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+def _wait_for(predicate, proc: kill_harness.RunProcess, what: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert proc.poll() is None, f"the run ended before {what}: {proc.stderr.read().decode()[-1500:]}"
+        assert proc.poll() is None, f"the run ended before {what}: {proc.stderr()[-1500:]}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
 
@@ -90,18 +89,13 @@ def test_one_writer_per_run_directory_and_a_dead_writers_lock_is_taken_over(harn
     try:
         holder = json.loads((out / ".lock").read_text())
         assert holder["pid"] == first.pid
-        env = {**os.environ, "PYTHONPATH": str(kill_harness.REPO / "src")}
-        # `ssr run`, then `ssr sweep` on the same directory, from one other process (one launch, not two)
-        commands = [["run", str(harness["config"]), "-o", str(out)],
-                    ["sweep", str(harness["config"]), "-o", str(out), "--methods", "sequential"]]
-        script = ("import sys; from ssr.cli import main\n"
-                  f"for command in {commands!r}:\n"
-                  "    print(main(command), flush=True); print('--- end of', command[0], file=sys.stderr, flush=True)\n")
-        second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
-        assert second.stdout.split() == ["2", "2"], second.stderr
-        for told in second.stderr.split("--- end of")[:2]:
-            assert f"is in use by pid {first.pid} on " in told, second.stderr
-        assert "Traceback" not in second.stderr
+        # `ssr run`, then `ssr sweep`, on the same directory: each refused, saying who holds it
+        for argv in (["run", str(harness["config"]), "-o", str(out)],
+                     ["sweep", str(harness["config"]), "-o", str(out), "--methods", "sequential"]):
+            other = kill_harness.RunProcess(argv)
+            err = other.communicate(timeout=300)[1].decode()
+            assert other.returncode == 2, err
+            assert f"is in use by pid {first.pid} on " in err and "Traceback" not in err, err
     finally:
         first.send_signal(signal.SIGKILL)  # dies holding the lock: the lock file still names it
         first.wait()
