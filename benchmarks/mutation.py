@@ -99,7 +99,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
 # kill counts as killed.
 TWO_PROCESSES = "tests/test_distributed.py::test_sequential_under_two_processes_is_the_one_process_run"
 VLLM_MERGED = "tests/test_vllm.py::test_a_merged_engine_serves_a_chain_of_merged_adapters_as_hf_does"
-VLLM_LORA = "tests/test_vllm.py::test_a_lora_engine_applies_adapters_per_request_as_the_hf_backend_does"
+VLLM_LORA = "tests/test_vllm_lora.py::test_a_lora_engine_applies_adapters_per_request_as_the_hf_backend_does"
 SLOW_TESTS: dict[str, list[tuple[str, list[str]]]] = {
     # the loop's multi-process arithmetic: whose micro-batch a process runs, the zero-weight
     # stand-in of a short last step, the statistics gathered over the processes

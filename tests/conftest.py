@@ -13,6 +13,24 @@ from pathlib import Path
 
 import pytest
 
+# The files whose tests take longest (vLLM engine start-ups, launched processes): collected first,
+# longest first, so that under pytest-xdist (`make test`) each starts at once on a worker instead
+# of last on one while the other idles. Each file keeps its own order.
+SLOW_FILES = ("test_distributed.py", "test_vllm.py", "test_vllm_lora.py", "test_crash.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: SLOW_FILES.index(item.path.name) if item.path.name in SLOW_FILES else len(SLOW_FILES))
+
+
+def pytest_configure(config):
+    # Under xdist the workers share the cores: one torch thread pool each, sized to its share,
+    # rather than every worker spinning a pool as large as the machine.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def shared_superni() -> Path:

