@@ -80,7 +80,7 @@ def test_length_limits_and_ignore_eos(engine, prompts):
                for (c,), p in zip(bounded, prompts))
 
 
-def test_a_run_on_vllm_matches_the_same_run_onhf_generator(task_dir, stopping_model_dir, engine, tmp_path):
+def test_a_run_on_vllm_matches_the_same_run_on_hf(task_dir, stopping_model_dir, engine, tmp_path):
     """Same config, same adapters (training is the same code): predictions and the synthetic set
     written through vLLM equal those of the hf backend, up to rare near-ties."""
     opts = dict(ratio=0.5, max_prompts=6, samples_per_prompt=2, synth_max_new_tokens=24, n_clusters=2)
