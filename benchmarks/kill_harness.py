@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import yaml
@@ -100,7 +101,10 @@ class RunProcess:
     """A started `ssr run`: the part of `subprocess.Popen` the harness and the tests use."""
 
     def __init__(self, argv: list[str]):
-        self._stderr = Path(tempfile.mkstemp(prefix="ssr-run-", suffix=".stderr")[1])
+        fd, name = tempfile.mkstemp(prefix="ssr-run-", suffix=".stderr")
+        os.close(fd)
+        self._stderr = Path(name)
+        weakref.finalize(self, self._stderr.unlink, missing_ok=True)  # gone with the object, as a pipe would be
         self._process = _fork_server().Process(target=_ssr_cli, args=(argv, str(self._stderr)))
         self._process.start()
         self.pid = self._process.pid
@@ -131,9 +135,7 @@ class RunProcess:
 
     def communicate(self, timeout: float | None = None) -> tuple[None, bytes]:
         self.wait(timeout)
-        err = self.stderr()
-        self._stderr.unlink(missing_ok=True)
-        return None, err.encode()
+        return None, self.stderr().encode()
 
 
 def start_run(config: Path, out: Path) -> RunProcess:
