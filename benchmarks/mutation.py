@@ -329,7 +329,14 @@ def run_module(module: str, rerun_survivors: bool = False, workers: int = 1) -> 
         # mutants it now reaches. Dropping the map makes mutmut trace every test afresh.
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         judged = tally(module, work)
-        patterns = judged["survived"] + [f"{f}__mutmut_*" for f in judged["untested_functions"]] + judged["unjudged"] or patterns
+        again = judged["survived"] + [f"{f}__mutmut_*" for f in judged["untested_functions"]] + judged["unjudged"]
+        # Nothing to judge again: a module of whole files still runs, without names, which judges only
+        # the mutants of functions changed since; a module of named functions does not (naming them
+        # all would judge every one again), as before.
+        run_first = bool(again) or not patterns
+        patterns = again or patterns
+    else:
+        run_first = True
 
     def mutmut(names: list[str], log) -> int:
         return subprocess.run([*nice, str(MUTMUT), "run", "--max-children", str(workers), *names],
@@ -337,7 +344,7 @@ def run_module(module: str, rerun_survivors: bool = False, workers: int = 1) -> 
 
     try:
         with open(work / "mutmut-run.log", "w") as log:  # written as it runs: `tail -f` shows mutmut's progress
-            returncode = mutmut(patterns, log)
+            returncode = mutmut(patterns, log) if run_first else 0
             # mutmut writes the mutants of a function changed since the last run only as a run
             # starts, so they were in no list above: judge them now
             new = tally(module, work)["unjudged"] if rerun_survivors and returncode == 0 else []
