@@ -30,7 +30,12 @@ def pytest_configure(config):
     if workers > 1:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        # A vLLM engine binds its OpenMP threads to every core by default: beside the other
+        # worker's tests, its threads wait on each other at every barrier. Its share instead.
+        first = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]) * share % (os.cpu_count() or 1)
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{first}-{first + share - 1}")
 
 
 def shared_superni() -> Path:
@@ -199,7 +204,38 @@ def stopping_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     rewire_eos_rate(model, tokenizer.eos_token_id, 3.0)
     model.save_pretrained(d)
     tokenizer.save_pretrained(d)
-    return d
+    return at_content_path(d, "stopping-llama")
+
+
+def at_content_path(d: Path, name: str) -> Path:
+    """`d`'s files at a path named by their content, the same in every session on this machine.
+
+    vLLM keys its compile cache by the model's path among other settings: at a fresh tmp path
+    each engine start compiles again (~24 s here); at this path only the first session's does.
+    A changed model gets another path; a copy whose files no longer match is replaced."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    def digest(root: Path) -> str:
+        h = hashlib.sha256()
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+        return h.hexdigest()
+
+    want = digest(d)
+    target = Path(tempfile.gettempdir()) / "ssr-test-models" / f"{name}-{want[:16]}"
+    if target.is_dir() and digest(target) == want:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    shutil.copytree(d, staged, dirs_exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)  # a copy that no longer matches
+    try:
+        staged.rename(target)  # atomic: another worker sees the whole copy or none
+    except OSError:  # another worker put its copy there first: the same files
+        shutil.rmtree(staged, ignore_errors=True)
+    return target
 
 
 SSR_OPTS = dict(per_task=3, n_clusters=2, max_prompts=5, samples_per_prompt=2, synth_max_new_tokens=12, batch_size=8)
