@@ -16,7 +16,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +145,8 @@ def kmeans_select(embeddings: np.ndarray, k: int, n_clusters: int, seed: int, fi
         return Selection([], [-1] * n)
     fit = embeddings if fit_on is None else fit_on
     n_clusters = max(1, min(k if one_per_cluster else n_clusters, len(fit), n))
+    from sklearn.cluster import KMeans  # here: importing scikit-learn costs every process ~2.5 s
+
     km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=10).fit(fit)
     labels = km.predict(embeddings) if fit_on is not None else km.labels_
     distances = np.linalg.norm(embeddings - km.cluster_centers_[labels], axis=1)
