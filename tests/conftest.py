@@ -216,7 +216,8 @@ def at_content_path(d: Path, name: str) -> Path:
     """`d`'s files at a path named by their content, the same in every session on this machine.
 
     vLLM keys its compile cache by the model's path among other settings: at a fresh tmp path
-    each engine start compiles again (~24 s here); at this path only the first session's does.
+    each engine start traces and compiles again; at this path only the first session's does
+    (test_vllm.py alone: 116 s with a fresh `$TMPDIR`, 89 s the next time).
     A changed model gets another path; a copy whose files no longer match is replaced."""
     import hashlib
     import shutil
