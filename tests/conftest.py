@@ -236,7 +236,10 @@ def at_content_path(d: Path, name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     shutil.copytree(d, staged, dirs_exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)  # a copy that no longer matches
+    # Not ssr.io.atomic_path: it removes whatever is at the target, which may be the copy another
+    # worker renamed there a moment ago and is loading now. Only a damaged copy is removed here.
+    if target.is_dir() and digest(target) != want:
+        shutil.rmtree(target, ignore_errors=True)
     try:
         staged.rename(target)  # atomic: another worker sees the whole copy or none
     except OSError:  # another worker put its copy there first: the same files
