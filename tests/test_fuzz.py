@@ -55,10 +55,14 @@ def hang_guard(seconds: float = HANG_SECONDS):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _tmp_file(name: str, data: bytes) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="ssr-fuzz-")) / name
-    path.write_bytes(data)
-    return path
+@contextmanager
+def _tmp_file(name: str, data: bytes):
+    """`data` in a file named `name` in a directory of its own, removed afterwards: hundreds of
+    inputs per run would otherwise pile up in the temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="ssr-fuzz-") as directory:
+        path = Path(directory) / name
+        path.write_bytes(data)
+        yield path
 
 
 # --- strategies ---------------------------------------------------------------------------
@@ -132,7 +136,8 @@ def _assert_error_lines(err: SSRError, starts: tuple[str, ...]) -> None:
 @fuzz_settings(60)
 @given(data=st.one_of(st.binary(max_size=300), yaml_noise.map(str.encode), st.text(max_size=200).map(str.encode)))
 def test_fuzz_config_bytes(data):
-    _validate(_tmp_file("cfg.yaml", data))
+    with _tmp_file("cfg.yaml", data) as path:
+        _validate(path)
 
 
 def test_fuzz_mutated_configs(task_dir, tiny_model_dir):
@@ -141,7 +146,8 @@ def test_fuzz_mutated_configs(task_dir, tiny_model_dir):
     @fuzz_settings(100)
     @given(data=mutated_configs(base))
     def check(data):
-        _validate(_tmp_file("cfg.yaml", data))
+        with _tmp_file("cfg.yaml", data) as path:
+            _validate(path)
 
     check()
 
@@ -186,8 +192,7 @@ def natural_instructions_files(draw) -> bytes:
 
 
 def _load(name: str, data: bytes, fmt: str, definition: str | None = None) -> None:
-    path = _tmp_file(name, data)
-    with hang_guard():
+    with _tmp_file(name, data) as path, hang_guard():
         try:
             load_instances(path, fmt, definition)
         except SSRError as err:
