@@ -218,7 +218,8 @@ def at_content_path(d: Path, name: str) -> Path:
 
     vLLM keys its compile cache by the model's path among other settings: at a fresh tmp path
     each engine start traces and compiles again; at this path only the first session's does
-    (test_vllm.py alone: 116 s with a fresh `$TMPDIR`, 89 s the next time).
+    (test_vllm.py alone, its engine then spawned in processes of its own: 116 s with a fresh
+    `$TMPDIR`, 89 s the next time).
     A changed model gets another path; a copy whose files no longer match is replaced."""
     import hashlib
     import shutil
