@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def hang_guard(seconds: float = HANG_SECONDS):
 
 
 @contextmanager
-def _tmp_file(name: str, data: bytes):
+def _tmp_file(name: str, data: bytes) -> Iterator[Path]:
     """`data` in a file named `name` in a directory of its own, removed afterwards: hundreds of
     inputs per run would otherwise pile up in the temporary folder."""
     with tempfile.TemporaryDirectory(prefix="ssr-fuzz-") as directory:
