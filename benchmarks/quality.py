@@ -35,7 +35,7 @@ from ssr.compare import paired_difference
 from ssr.config import load_config
 from ssr.models.dtype import cpu_description
 from ssr.report import build_report
-from ssr.runner import wall_seconds
+from ssr.runner import wall_seconds, wall_seconds_by_machine
 from ssr.sweep import PAPER_LABELS, plan_sweep, run_sweep
 from ssr.sweep import format_mean_std as fmt
 from ssr.synthesis.quality import load_or_compute
@@ -138,15 +138,42 @@ def paired(a: Path, b: Path, metric: str) -> str:
     return f"{diff:+.2f} ± {se:.2f}{' *' if abs(diff) > 2 * se else ''}"
 
 
-def machine_line(runs: dict[str, dict[tuple[int, int], Path]]) -> str:
-    engines = next((result(d).get("engines") for by in runs.values() for d in by.values()), None) or {}
-    speedup_files = sorted(Path.home().glob(".cache/ssr/cpu-bf16-*.json"))
-    speedup = json.loads(speedup_files[-1].read_text()).get("bf16_speedup") if speedup_files else None
-    return (f"Machine: {cpu_description()} ({f'bf16 matmul {speedup:.2f}× fp32 by the cached probe' if speedup else 'no bf16 probe cached'}), "
-            f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU; torch {torch.__version__} "
+def machine_marks(run_dirs: list[Path]) -> dict[str | None, str]:
+    """A mark per machine the runs' steps ran on, from their timings: A, B, ... (machines sorted
+    by name), and ? for steps timed before timings named their machine."""
+    machines = {m for d in run_dirs for m in wall_seconds_by_machine(d)}
+    marks = {m: chr(ord("A") + i) for i, m in enumerate(sorted(m for m in machines if m is not None))}
+    return marks | ({None: "?"} if None in machines else {})
+
+
+def run_marks(run_dir: Path, marks: dict[str | None, str]) -> str:
+    """'[A]', or '[A+?]' for a run whose steps ran on more than one machine (a resumed run)."""
+    return "[" + "+".join(sorted(marks[m] for m in wall_seconds_by_machine(run_dir))) + "]"
+
+
+def machine_line(runs: dict[str, dict[tuple[int, int], Path]], marks: dict[str | None, str]) -> str:
+    """The machines the runs ran on, with each one's runs and compute: machines of one kind differ
+    several-fold in speed, so a wall time means something only beside its machine."""
+    dirs = [d for by in runs.values() for d in by.values()]
+    engines = next((result(d).get("engines") for d in dirs), None) or {}
+    ran_on = []
+    for machine, mark in marks.items():
+        count = sum(machine in wall_seconds_by_machine(d) for d in dirs)
+        hours = sum(wall_seconds_by_machine(d, own_only=True).get(machine, 0.0) for d in dirs) / 3600
+        name = machine or "not recorded (timed before timings named their machine; the dated readings below name it)"
+        ran_on.append(f"[{mark}] {name}: {count} run{'s' if count != 1 else ''}, {hours:.1f} h")
+    return (f"Machines, from the runs' timings (shared base evaluation and stage 1 counted once; wall times are "
+            f"never averaged across machines): {'; '.join(ran_on) or 'none'}. Regenerated on {cpu_description()}, "
+            f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; torch {torch.__version__} "
             f"({torch.get_num_threads()} threads). Engines recorded in the runs: generation {engines.get('generation', '?')} "
             f"in {engines.get('generation_dtype', '?')}, training {engines.get('training_dtype', '?')} weights with "
             f"{engines.get('training_autocast') or 'no'} autocast.")
+
+
+def wall_cell(by_group: dict[tuple[int, int], Path], marks: dict[str | None, str]) -> str:
+    """Each run's wall time in minutes with its order and machine mark, e.g. 'o1 111.8 [?], o3 53.7 [A]'."""
+    return ", ".join(f"o{order}{f' s{seed}' if len({s for _, s in by_group}) > 1 else ''} "
+                     f"{wall_seconds(d) / 60:.1f} {run_marks(d, marks)}" for (order, seed), d in sorted(by_group.items()))
 
 
 def quality_rows(label: str, run_dir: Path) -> list[str]:
@@ -171,12 +198,12 @@ def section(out: Path, command: str, started: str, overrides: list[str], records
     orders = sorted({o for by in runs.values() for o, _ in by})
     cfg = load_config(CONFIG, overrides)
     shown = [v for v in [*TABLE_1, *TABLE_5, *[v for v in runs if v not in TABLE_1 + TABLE_5 + ABLATIONS]] if v in runs]
-    total = sum(wall_seconds(d, own_only=True) for by in runs.values() for d in by.values())
+    marks = machine_marks([d for by in runs.values() for d in by.values()])
     order_names = "; ".join(f"{o}: {'→'.join(PAPER_ORDERS[o])}" for o in orders)
     lines = [SECTION, "",
              f"Measured {started} (UTC) with `{command}`; runs, predictions and plots under "
              f"`{repo_path(out)}/` (report: `report.md` there); each finished run's "
-             f"record (no weights) in `{repo_path(records)}/`. {machine_line(runs)}",
+             f"record (no weights) in `{repo_path(records)}/`. {machine_line(runs, marks)}",
              "",
              f"Scale (config `configs/bench-superni.yaml`{', with ' + ', '.join(f'`{o}`' for o in overrides) if overrides else ''}): "
              f"SmolLM2-135M-Instruct; orders {order_names}; {cfg.data.max_train_examples} training rows per task, "
@@ -185,25 +212,24 @@ def section(out: Path, command: str, started: str, overrides: list[str], records
              f"{cfg.eval.max_examples} evaluation rows per task (seeded; sa class-balanced), greedy, evaluation schedule "
              f"`{cfg.eval.schedule}`. Replay r % = r % of the training rows. SSR: {cfg.method.max_prompts} ICL prompts × "
              f"{cfg.method.samples_per_prompt} samples per task by the base model (≤ {cfg.method.synth_max_new_tokens} new tokens each), "
-             f"K-means ({cfg.method.n_clusters} clusters) keeps 10 %, outputs refined by the latest model. "
-             f"Compute of everything below: {total / 3600:.1f} h (shared base evaluation and stage 1 counted once).",
+             f"K-means ({cfg.method.n_clusters} clusters) keeps 10 %, outputs refined by the latest model.",
              "",
              "### Table 1: AR and BWT per order (ROUGE-L), mean ± sample std over the orders run",
              "",
              "| method | " + " | ".join(f"AR o{o}" for o in orders) + " | AR | " + " | ".join(f"BWT o{o}" for o in orders)
-             + " | BWT | FWT | wall min / run | paper 7B: AR / BWT |",
+             + " | BWT | FWT | wall min per run [machine] | paper 7B: AR / BWT |",
              "|---|" + "---:|" * (2 * len(orders) + 5)]
     for variant in shown:
         by = runs[variant]
-        wall = statistics.fmean(wall_seconds(d) for d in by.values()) / 60
         paper = PAPER_7B.get(variant)
         lines.append(f"| {PAPER_LABELS.get(variant, variant)} | " + " | ".join(per_order_cells(by, "AR", orders))
                      + f" | {mean_std([result(d)['AR'] for d in by.values()])} | " + " | ".join(per_order_cells(by, "BWT", orders))
                      + f" | {mean_std([result(d)['BWT'] for d in by.values()])} | {mean_std([result(d)['FWT'] for d in by.values()])} | "
-                     f"{wall:.1f} | {fmt(paper[0]) + ' / ' + fmt(paper[1]) if paper else '–'} |")
+                     f"{wall_cell(by, marks)} | {fmt(paper[0]) + ' / ' + fmt(paper[1]) if paper else '–'} |")
     lines += ["",
               "The paper's column: its Table 1 (Llama-2-7b, 2,000 examples × 3 epochs per task, 500 evaluation rows, mean of "
-              "3 orders), quoted, not measured here. Wall time per run includes the shared base evaluation and stage 1. "
+              "3 orders), quoted, not measured here. Wall time per run includes the shared base evaluation and stage 1; "
+              "the mark in brackets is the machine it ran on (above). "
               "The 1 % variants, MTL (every task at once: the order changes only its shuffle) and the ablations run on "
               "order 1 only, by default. SSR's ablations other than input-only demonstrations parse the base model's "
               "samples of SSR's run on the same order (`synthesis.reuse`): the same computation, so their wall time "

@@ -4,6 +4,7 @@ with a learnt stage 0 (the built-in general set) on the tiny model."""
 
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -103,6 +104,13 @@ def test_learnt_stage_0_replayed_and_general_abilities_measured(task_dir, tiny_m
     assert [json.loads(x)["step"] for x in (out / "timings.jsonl").read_text().splitlines()] == [
         *stage_steps("0-base", ["after 0-base", "train 1-reverse"]),
         *stage_steps("1-reverse", ["after 1-reverse", "train 2-upper"]), *stage_steps("2-upper", [])]
+    # ... and the machine it ran on, as lscpu would name it (wall times of different machines never mix)
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    flags = next(line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags"))
+    bf16 = "yes" if {"avx512_bf16", "amx_bf16"} & set(flags) else "no"
+    assert {json.loads(x)["machine"] for x in (out / "timings.jsonl").read_text().splitlines()} == {
+        f"{model}, bf16 {bf16}, {os.cpu_count()} cores"}
     s = results["scores"]
     assert results["tasks"] == ["general", "reverse", "upper"] and len(s) == 3 and all(len(r) == 3 for r in s)
     # metrics over the trained tasks (columns 1, 2); the learnt task is reported on its own

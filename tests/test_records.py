@@ -211,6 +211,32 @@ def test_the_benchmark_section_is_written_from_records_alone(recorded, tmp_path)
     assert "| SSR, o1 | reverse |" in text  # the synthetic-data table, from the record's quality files
 
 
+@pytest.mark.skipif(not (BENCH_DATA / "qa.eval.jsonl").exists(),
+                    reason=f"configs/bench-superni.yaml reads the SuperNI split at {BENCH_DATA}, absent here")
+def test_the_benchmark_section_never_mixes_the_wall_times_of_two_machines(recorded, tmp_path):
+    """Machines of one kind differ several-fold in speed: each run's wall time is shown with the
+    machine its steps ran on (from its timings), never averaged with another machine's, and the
+    machines are listed with their runs. A run timed before timings named their machine is '?',
+    a run resumed on a second machine carries both marks."""
+    _, _, record = recorded
+    kept = tmp_path / "records"
+    order_1, order_3 = kept / "order-1" / "seed-7" / "ssr", kept / "order-3" / "seed-7" / "ssr"
+    steps = [json.loads(line) for line in (record / "timings.jsonl").read_text().splitlines()]
+    # order 3's run took three times as long, on two machines (resumed)
+    for target, machines, scale in ((order_1, [None] * len(steps), 1),
+                                    (order_3, ["Machine Y"] + ["Machine X"] * (len(steps) - 1), 3)):
+        shutil.copytree(record, target)
+        (target / "timings.jsonl").write_text("".join(
+            json.dumps({"step": s["step"], "seconds": s["seconds"] * scale} | ({"machine": m} if m else {})) + "\n"
+            for s, m in zip(steps, machines)))
+    text = quality.section(tmp_path / "no-runs", "python benchmarks/quality.py --report-only", "now", [], records=kept)
+    minutes = sum(s["seconds"] for s in steps) / 60
+    row = next(line for line in text.splitlines() if line.startswith("| SSR | "))
+    assert f"| o1 {minutes:.1f} [?], o3 {3 * minutes:.1f} [A+B] |" in row
+    assert "[A] Machine X: 1 run, " in text and "[B] Machine Y: 1 run, " in text
+    assert "[?] not recorded (timed before timings named their machine" in text
+
+
 def _quotes(texts: dict[str, str], rows: list[dict]) -> dict[tuple[str, str], str]:
     """(file, field) -> a `QUOTE`-character piece of a data row's field found in that file's text.
     Any common piece of 40 holds a piece of 20 that starts at a multiple of 20 in the field: look

@@ -187,3 +187,19 @@ def test_wall_seconds_sums_the_recorded_steps(tmp_path):
     (tmp_path / "timings.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps[:3]) + "\n" + json.dumps(steps[3]) + "\n")
     assert wall_seconds(tmp_path) == 29.1  # 29.08
     assert wall_seconds(tmp_path, own_only=True) == 7.3  # 7.33
+
+
+def test_wall_time_is_split_by_the_machine_each_step_ran_on(tmp_path):
+    """A resumed run's steps may have run on different machines: each machine gets its own sum,
+    steps timed before timings named their machine go under None, and `own_only` still leaves
+    out the steps copied from another run."""
+    from ssr.runner import wall_seconds, wall_seconds_by_machine
+
+    steps = [{"step": "eval 0-base reverse", "seconds": 1.24},  # an old line: no machine
+             {"step": "train 1-reverse", "seconds": 20.5, "machine": "fast, 2 cores", "shared_from": "/elsewhere"},
+             {"step": "train 2-upper", "seconds": 7.27, "machine": "slow, 2 cores"},
+             {"step": "train 2-upper", "seconds": 0.06, "machine": "fast, 2 cores"}]
+    (tmp_path / "timings.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    assert wall_seconds_by_machine(tmp_path) == {None: 1.2, "fast, 2 cores": 20.6, "slow, 2 cores": 7.3}  # 1.24, 20.56, 7.27
+    assert wall_seconds_by_machine(tmp_path, own_only=True) == {None: 1.2, "slow, 2 cores": 7.3, "fast, 2 cores": 0.1}
+    assert wall_seconds(tmp_path) == 29.1

@@ -45,7 +45,7 @@ from ssr.generation import Completion, Generator, HFGenerator, SamplingParams
 from ssr.io import read_jsonl, write_json, write_jsonl, write_text
 from ssr.methods import Method, Stage, get_method
 from ssr.models.lora import attach_adapter, is_adapter_weight, load_adapter, merges_between_stages, save_adapter, uses_lora
-from ssr.models.dtype import DTYPES, resolve_autocast, resolve_dtype
+from ssr.models.dtype import DTYPES, machine_description, resolve_autocast, resolve_dtype
 from ssr.models.loading import cache_root, check_model_source, context_length, load_base_model, load_tokenizer, local_model_dir
 from ssr.models.templates import get_template
 from ssr.runlock import run_lock
@@ -103,11 +103,12 @@ class RunContext:
 
     @contextmanager
     def timed(self, step: str):
-        """Record the wall time of a completed step in timings.jsonl (summed over reruns; main process)."""
+        """Record the wall time of a completed step, and the machine it ran on, in timings.jsonl
+        (summed over reruns, which may run elsewhere; main process)."""
         started = time.perf_counter()
         yield
         if self.is_main:
-            line = json.dumps({"step": step, "seconds": round(time.perf_counter() - started, 2)})
+            line = json.dumps({"step": step, "seconds": round(time.perf_counter() - started, 2), "machine": machine_description()})
             with open(self.run_dir / "timings.jsonl", "a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
@@ -747,11 +748,19 @@ def first_stage_shareable(source: Path, cfg: RunConfig) -> bool:
 def wall_seconds(run_dir: Path, own_only: bool = False) -> float:
     """Seconds spent on the run's steps, summed over reruns; `own_only` leaves out the steps
     copied from another run by `share_first_stage` (to total a sweep without counting them twice)."""
+    return round(sum(wall_seconds_by_machine(run_dir, own_only).values()), 1)
+
+
+def wall_seconds_by_machine(run_dir: Path, own_only: bool = False) -> dict[str | None, float]:
+    """`wall_seconds` split by the machine each step ran on (None: a step timed before timings
+    named their machine), so that wall times of different machines are never averaged together."""
     path = run_dir / "timings.jsonl"
-    if not path.exists():
-        return 0.0
-    steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return round(sum(s["seconds"] for s in steps if not (own_only and "shared_from" in s)), 1)
+    steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    seconds: dict[str | None, float] = {}
+    for s in steps:
+        if not (own_only and "shared_from" in s):
+            seconds[s.get("machine")] = seconds.get(s.get("machine"), 0.0) + s["seconds"]
+    return {machine: round(total, 1) for machine, total in seconds.items()}
 
 
 def _sources(rows: list[dict]) -> str:
@@ -762,4 +771,5 @@ def _sources(rows: list[dict]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
 
 
-__all__ = ["run", "prepare", "resolve_settings", "RunContext", "ModelState", "RunDir", "evaluate_stage", "share_first_stage", "first_stage_shareable", "wall_seconds"]
+__all__ = ["run", "prepare", "resolve_settings", "RunContext", "ModelState", "RunDir", "evaluate_stage", "share_first_stage", "first_stage_shareable", "wall_seconds",
+           "wall_seconds_by_machine"]

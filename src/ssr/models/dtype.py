@@ -8,9 +8,11 @@ the cache directory keyed by CPU model and torch version, and logs it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -42,6 +44,15 @@ def cpu_description() -> str:
     model = name.split(":", 1)[-1].strip() or platform.machine()
     bf16 = "yes" if any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")) else "no"
     return f"{model}, bf16 {bf16}"
+
+
+@functools.cache
+def machine_description() -> str:
+    """What a wall time was measured on: the CPU (model, bf16 instructions), its cores, and the
+    GPU where one is visible. Machines of one kind differ several-fold in speed, so every timing
+    names its machine and wall times are compared only between runs on the same one."""
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu_description()}, {os.cpu_count()} cores{gpu}"
 
 
 def matmul_gflops(dtype: torch.dtype, m: int = 512, k: int = 576, n: int = 1536, seconds: float = 0.15) -> float:
