@@ -748,19 +748,22 @@ def first_stage_shareable(source: Path, cfg: RunConfig) -> bool:
 def wall_seconds(run_dir: Path, own_only: bool = False) -> float:
     """Seconds spent on the run's steps, summed over reruns; `own_only` leaves out the steps
     copied from another run by `share_first_stage` (to total a sweep without counting them twice)."""
-    return round(sum(wall_seconds_by_machine(run_dir, own_only).values()), 1)
+    return round(sum(s["seconds"] for s in _timed_steps(run_dir, own_only)), 1)
 
 
 def wall_seconds_by_machine(run_dir: Path, own_only: bool = False) -> dict[str | None, float]:
     """`wall_seconds` split by the machine each step ran on (None: a step timed before timings
     named their machine), so that wall times of different machines are never averaged together."""
+    seconds: dict[str | None, float] = {}
+    for s in _timed_steps(run_dir, own_only):
+        seconds[s.get("machine")] = seconds.get(s.get("machine"), 0.0) + s["seconds"]
+    return {machine: round(total, 1) for machine, total in seconds.items()}
+
+
+def _timed_steps(run_dir: Path, own_only: bool) -> list[dict]:
     path = run_dir / "timings.jsonl"
     steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    seconds: dict[str | None, float] = {}
-    for s in steps:
-        if not (own_only and "shared_from" in s):
-            seconds[s.get("machine")] = seconds.get(s.get("machine"), 0.0) + s["seconds"]
-    return {machine: round(total, 1) for machine, total in seconds.items()}
+    return [s for s in steps if not (own_only and "shared_from" in s)]
 
 
 def _sources(rows: list[dict]) -> str:
