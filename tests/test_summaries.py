@@ -89,10 +89,30 @@ def test_sweep_summary_is_the_mean_and_sample_std_by_hand(tmp_path):
     assert seq["wall_seconds"] == pytest.approx(120.0) and seq["wall_seconds_std"] == pytest.approx(60.0)
     mtl = by_variant["mtl"]  # one run: no std; no FWT / BWT at all
     assert mtl == {"variant": "mtl", "runs": 1, "AR": 90.0, "AR_std": None, "FWT": None, "FWT_std": None,
-                   "BWT": None, "BWT_std": None, "wall_seconds": 30.0, "wall_seconds_std": None}
+                   "BWT": None, "BWT_std": None, "wall_seconds": 30.0, "wall_seconds_std": None, "machines": []}
     table = summary_table(list(by_variant.values())).splitlines()
     assert table[2] == "| sequential | 3 | 23.33 ± 15.28 | 3.00 ± 2.65 | -2.00 ± 2.00 | 2.00 ± 1.00 |"
     assert table[3] == "| mtl | 1 | 90.00 | – | – | 0.50 |"
+
+
+def test_a_sweep_resumed_on_another_machine_has_no_mean_wall_time(tmp_path):
+    """Machines of one kind differ several-fold in speed: the wall times of runs whose steps ran on
+    different machines (timings.jsonl names each step's) are not averaged; the machines are listed."""
+    _write_sweep(tmp_path, {"sequential": [(10.0, 1.0, -4.0, 60.0), (20.0, 2.0, -2.0, 120.0)],
+                            "mtl": [(90.0, None, None, 30.0), (80.0, None, None, 50.0)]})
+    timings = {"seed-0/sequential": ["fast"], "seed-1/sequential": ["fast", None],  # None: a step timed before machines were named
+               "seed-0/mtl": ["fast"], "seed-1/mtl": ["fast", "fast"]}
+    for path, machines in timings.items():
+        (tmp_path / path / "timings.jsonl").write_text("".join(
+            json.dumps({"step": "train", "seconds": 1.0} | ({"machine": m} if m else {})) + "\n" for m in machines))
+    by_variant = {row["variant"]: row for row in summarize(tmp_path)}
+    seq, mtl = by_variant["sequential"], by_variant["mtl"]
+    assert seq["machines"] == ["fast", "not recorded"] and seq["wall_seconds"] is None and seq["wall_seconds_std"] is None
+    assert seq["AR"] == pytest.approx(15.0)  # the scores are averaged as ever
+    assert mtl["machines"] == ["fast"] and mtl["wall_seconds"] == pytest.approx(40.0)
+    table = summary_table([seq, mtl]).splitlines()
+    assert table[2] == "| sequential | 2 | 15.00 ± 7.07 | 1.50 ± 0.71 | -3.00 ± 1.41 | – (runs on 2 machines) |"
+    assert table[3] == "| mtl | 2 | 85.00 ± 7.07 | – | – | 0.67 ± 0.24 |"
 
 
 def test_format_mean_std():

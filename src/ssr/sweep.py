@@ -6,7 +6,7 @@ A sweep is a folder of ordinary run directories, so an interrupted sweep resumes
     <out>/order-<k>/seed-<s>/<variant>/     one `ssr run` directory each
     <out>/<variant>/                        the same, when the sweep has one order and one seed
     <out>/sweep.json                        when it started, variants, orders, seeds, where each run lives
-    <out>/summary.json, summary.md          AR / FWT / BWT / wall time per variant: mean ± std
+    <out>/summary.json, summary.md          AR / FWT / BWT / wall time per variant: mean ± std (wall time only over runs on one machine)
 
 Within one order and seed, the continual variants (sequential, replay, ssr, l2, ewc) share the base
 evaluation and stage 1: plain fine-tuning on the first task is the same computation for all of
@@ -27,7 +27,7 @@ from ssr.config import RunConfig, load_config, to_dict, validate
 from ssr.errors import ConfigError
 from ssr.io import write_json, write_text
 from ssr.runlock import run_lock
-from ssr.runner import SHARED_FIRST_STAGE, RunDir, first_stage_shareable, prepare, run
+from ssr.runner import SHARED_FIRST_STAGE, RunDir, first_stage_shareable, prepare, run, wall_seconds_by_machine
 
 log = logging.getLogger("ssr")
 
@@ -197,22 +197,25 @@ def finished_runs(out: str | Path) -> list[Path]:
 
 
 def summarize(out: str | Path) -> list[dict]:
-    """Mean ± sample std of AR / FWT / BWT / wall time per variant over the finished runs of a sweep."""
+    """Mean ± sample std of AR / FWT / BWT / wall time per variant over the finished runs of a sweep.
+    `machines`: what the runs' steps ran on (from their timings); a sweep resumed on another
+    machine has no mean wall time, since machines of one kind differ several-fold in speed."""
     out = Path(out)
     sweep = json.loads((out / "sweep.json").read_text())
-    by_variant: dict[str, list[dict]] = {v: [] for v in sweep["variants"]}
+    by_variant: dict[str, list[Path]] = {v: [] for v in sweep["variants"]}
     for entry in sweep["runs"]:
-        path = out / entry["path"] / "results.json"
-        if path.exists():
-            by_variant[entry["variant"]].append(json.loads(path.read_text()))
+        if (out / entry["path"] / "results.json").exists():
+            by_variant[entry["variant"]].append(out / entry["path"])
     rows = []
-    for variant, results in by_variant.items():
+    for variant, run_dirs in by_variant.items():
+        results = [json.loads((d / "results.json").read_text()) for d in run_dirs]
+        machines = sorted({m or "not recorded" for d in run_dirs for m in wall_seconds_by_machine(d)})
         row: dict = {"variant": variant, "runs": len(results)}
         for key in ("AR", "FWT", "BWT", "wall_seconds"):
-            values = [r[key] for r in results if r.get(key) is not None]
+            values = [r[key] for r in results if r.get(key) is not None and not (key == "wall_seconds" and len(machines) > 1)]
             row[key] = statistics.mean(values) if values else None
             row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
-        rows.append(row)
+        rows.append(row | {"machines": machines})
     return rows
 
 
@@ -229,9 +232,11 @@ def summary_table(summary: list[dict]) -> str:
     for row in summary:
         wall = None if row["wall_seconds"] is None else row["wall_seconds"] / 60
         wall_std = None if row["wall_seconds_std"] is None else row["wall_seconds_std"] / 60
+        machines = len(row.get("machines", []))
+        wall_cell = f"– (runs on {machines} machines)" if machines > 1 else format_mean_std(wall, wall_std)
         lines.append(f"| {row['variant']} | {row['runs']} | {format_mean_std(row['AR'], row['AR_std'])} | "
                      f"{format_mean_std(row['FWT'], row['FWT_std'])} | {format_mean_std(row['BWT'], row['BWT_std'])} | "
-                     f"{format_mean_std(wall, wall_std)} |")
+                     f"{wall_cell} |")
     return "\n".join(lines)
 
 
