@@ -20,6 +20,7 @@ import argparse
 import functools
 import json
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -335,6 +336,12 @@ def serving_overrides(out: Path, order: int, overrides: list[str]) -> list[str]:
     return overrides
 
 
+def exit_on_sigterm() -> None:
+    """Make `kill` (SIGTERM) leave like Ctrl-C does, through the `finally` that records the runs
+    that finished: Python's default SIGTERM ends the process without running it."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", default="1", help="paper orders, comma-separated: 1, 2, 3 (default 1)")
@@ -355,6 +362,7 @@ def main() -> None:
     t0 = time.perf_counter()
     echo = lambda line: print(line, flush=True)  # noqa: E731
     if not args.report_only:
+        exit_on_sigterm()
         # every order: the methods asked for; order 1 also the 1 % variants and ablations when asked
         everywhere = [m for m in methods if m not in ORDER_1_ONLY]
         order_1_extra = [m for m in methods if m in ORDER_1_ONLY] + (ABLATIONS if args.ablations else [])

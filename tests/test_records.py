@@ -299,3 +299,20 @@ def test_no_tracked_file_quotes_the_shared_data_set():
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert rows
     assert _quotes(_tracked_texts(), rows) == {}
+
+
+def test_a_killed_benchmark_still_runs_its_finally(tmp_path):
+    """`kill` (SIGTERM) on `benchmarks/quality.py` must record the runs that finished, as Ctrl-C
+    does: the handler turns it into an exit that runs `finally` blocks (Python's default does not)."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); import quality\n"
+         "quality.exit_on_sigterm()\ntry:\n    print('ready', flush=True); time.sleep(60)\n"
+         "finally:\n    open(sys.argv[2], 'w').write('recorded')", str(Path(quality.__file__).parent), str(tmp_path / "done")],
+        stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    assert (tmp_path / "done").read_text() == "recorded"
